@@ -1,0 +1,1 @@
+//! The joiner: four event streams in, training samples out (JOIN.md).

@@ -1,0 +1,20 @@
+//! Compiles every `.proto` file under `proto/` into Rust with tonic. protoc comes from
+//! the `protoc-bin-vendored` crate so a fresh machine needs no system package.
+use std::path::PathBuf;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let protoc = protoc_bin_vendored::protoc_bin_path()?;
+    std::env::set_var("PROTOC", protoc);
+    let dir = PathBuf::from("proto");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "proto"))
+        .collect();
+    files.sort();
+    for f in &files {
+        println!("cargo:rerun-if-changed={}", f.display());
+    }
+    println!("cargo:rerun-if-changed=proto");
+    tonic_prost_build::configure().compile_protos(&files, &[dir])?;
+    Ok(())
+}

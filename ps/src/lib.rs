@@ -1,0 +1,1 @@
+//! The parameter server: sparse and dense parameters, optimizers, checkpoints, gRPC, publishing (TRAIN.md, PUBLISH.md).

@@ -1,0 +1,60 @@
+//! Command-line surface of `odl`: one subcommand per service, each in its own module
+//! with its arguments and a `run` that loads config and calls into the service crate.
+
+use clap::{Parser, Subcommand};
+
+pub mod bench;
+pub mod join;
+pub mod ps;
+pub mod serve;
+pub mod simulate;
+pub mod train;
+
+#[derive(Parser, Debug)]
+#[command(name = "odl", version, about = "Online deep learning for recommendation")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Generate a deterministic, drifting stream of the four input streams.
+    Simulate(simulate::SimulateArgs),
+    /// Join exposures, clicks, detail clicks and feature logs into samples (JOIN.md).
+    Join(join::JoinArgs),
+    /// Train a model on samples, in file mode or as a cluster worker (TRAIN.md).
+    Train(train::TrainArgs),
+    /// Evaluate a frozen checkpoint on a samples file without learning (TRAIN.md).
+    Eval(train::EvalArgs),
+    /// Run one parameter-server shard (TRAIN.md, PUBLISH.md).
+    Ps(ps::PsArgs),
+    /// Run a serving node: apply published versions, answer predictions (PUBLISH.md).
+    Serve(serve::ServeArgs),
+    /// Benchmarks: throughput and memory of each service.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+}
+
+pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Simulate(a) => simulate::run(a),
+        Command::Join(a) => join::run(a),
+        Command::Train(a) => train::run(a),
+        Command::Eval(a) => train::run_eval(a),
+        Command::Ps(a) => ps::run(a),
+        Command::Serve(a) => serve::run(a),
+        Command::Bench(b) => bench::run(b),
+    }
+}
+
+/// Logs go to stderr (stdout is data for some subcommands); `RUST_LOG` filters them.
+pub fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}

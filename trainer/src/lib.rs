@@ -1,0 +1,1 @@
+//! Trainer workers: feature hashing, models, streaming evaluation (TRAIN.md).
