@@ -3,4 +3,5 @@
 //! this is where they are wired together.
 
 pub mod cli;
+pub mod serve;
 pub mod simulate;

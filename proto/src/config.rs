@@ -38,7 +38,12 @@ pub fn load<T: DeserializeOwned>(defaults: &str, path: Option<&Path>) -> Result<
                 source,
             })?;
             let origin = p.display().to_string();
-            overlay(&mut merged, parse(&text, &origin)?);
+            let top = if p.extension().is_some_and(|e| e == "json") {
+                parse_json(&text, &origin)?
+            } else {
+                parse(&text, &origin)?
+            };
+            overlay(&mut merged, top);
             origin
         }
         None => "defaults".to_string(),
@@ -61,6 +66,17 @@ fn parse(text: &str, origin: &str) -> Result<toml::Table, ConfigError> {
         origin: origin.to_string(),
         source,
     })
+}
+
+/// JSON configs are accepted too, because the production setup this project follows
+/// writes blocks such as `"odl_model_update": {...}` in JSON (PUBLISH.md).
+fn parse_json(text: &str, origin: &str) -> Result<toml::Table, ConfigError> {
+    let syntax = |e: String| ConfigError::Syntax {
+        origin: origin.to_string(),
+        source: <toml::de::Error as serde::de::Error>::custom(e),
+    };
+    let value: serde_json::Value = serde_json::from_str(text).map_err(|e| syntax(e.to_string()))?;
+    toml::Table::try_from(value).map_err(|e| syntax(e.to_string()))
 }
 
 fn overlay(base: &mut toml::Table, top: toml::Table) {
@@ -101,6 +117,15 @@ mod tests {
         std::fs::write(&p, "[inner]\ny = 3.5\n").unwrap();
         let c: Cfg = load(DEFAULTS, Some(&p)).unwrap();
         assert_eq!(c, Cfg { a: 1, inner: Inner { x: "d".into(), y: 3.5 } });
+    }
+
+    #[test]
+    fn json_file_overrides_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.json");
+        std::fs::write(&p, r#"{"a": 7, "inner": {"x": "j"}}"#).unwrap();
+        let c: Cfg = load(DEFAULTS, Some(&p)).unwrap();
+        assert_eq!(c, Cfg { a: 7, inner: Inner { x: "j".into(), y: 2.0 } });
     }
 
     #[test]

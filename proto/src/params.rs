@@ -87,23 +87,28 @@ impl ParamError {
 
 pub type Result<T> = std::result::Result<T, ParamError>;
 
+/// Reading parameters: what a forward pass needs. The trainer reads through its
+/// [`ParamStore`]; a serving node reads from the version it applied. One model code
+/// path runs on either, so a served prediction equals the trainer's.
+pub trait ParamRead: Send + Sync {
+    /// The rows of `keys` in `table`, row-major into `out` (`keys.len() * dim`). A row
+    /// the store does not hold reads as its deterministic initial value ([`init_row`]).
+    fn pull_sparse(&self, table: &str, keys: &[FeatureId], out: &mut [f32]) -> Result<()>;
+
+    /// The current values of the named dense tensors, in the order asked.
+    fn pull_dense(&self, names: &[String]) -> Result<Vec<Vec<f32>>>;
+}
+
 /// What a trainer worker needs from the parameter server. Implementations are shared
 /// between threads (`&self`); each call is one batch.
-pub trait ParamStore: Send + Sync {
+pub trait ParamStore: ParamRead {
     /// Make sure every table and dense tensor of `schema` exists. Idempotent: what the
     /// store already holds (warm start, another worker) is kept, but must match the
     /// declared shapes.
     fn declare(&self, schema: &ModelSchema) -> Result<()>;
 
-    /// The rows of `keys` in `table`, row-major into `out` (`keys.len() * dim`). A row
-    /// the store does not hold yet reads as its deterministic initial value.
-    fn pull_sparse(&self, table: &str, keys: &[FeatureId], out: &mut [f32]) -> Result<()>;
-
     /// Apply one gradient row per key (`keys` unique, `grads.len() == keys.len() * dim`).
     fn push_sparse(&self, table: &str, keys: &[FeatureId], grads: &[f32]) -> Result<()>;
-
-    /// The current values of the named dense tensors, in the order asked.
-    fn pull_dense(&self, names: &[String]) -> Result<Vec<Vec<f32>>>;
 
     /// Apply gradients to dense tensors, by name.
     fn push_dense(&self, grads: &[(String, Vec<f32>)]) -> Result<()>;
