@@ -1,1 +1,35 @@
 //! The joiner: four event streams in, training samples out (JOIN.md).
+//!
+//! - [`parse`]: one line to a borrowed event, or the reason it is malformed;
+//! - [`operator`]: the join itself, pure (no I/O, no clock);
+//! - [`stats`]: the join statistics and their atomic file;
+//! - [`service`]: the loop that drives the operator between a record source and sinks;
+//! - [`config`]: the typed configuration (`configs/joiner.toml`).
+
+pub mod config;
+pub mod operator;
+pub mod parse;
+pub mod service;
+pub mod stats;
+
+pub use config::JoinerConfig;
+pub use operator::{Joiner, Output};
+pub use stats::JoinStats;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    ConfigFile(#[from] odl_proto::config::ConfigError),
+    #[error("joiner config: {0}")]
+    Config(String),
+    #[error(transparent)]
+    Stream(#[from] odl_proto::stream::StreamError),
+    #[error("cannot write stats file {path}: {source}")]
+    Stats {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+pub type Result<T> = std::result::Result<T, Error>;

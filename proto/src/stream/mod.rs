@@ -38,7 +38,8 @@ pub enum Poll {
 
 #[derive(Debug, thiserror::Error)]
 pub enum StreamError {
-    #[error("{what} {name}: {source}")]
+    /// Displays without its cause, which follows in the error chain (`{:#}`).
+    #[error("{what} {name}")]
     Io {
         what: &'static str,
         name: String,
@@ -98,3 +99,9 @@ impl<T: RecordSource + ?Sized> RecordSource for Box<T> {
         (**self).commit()
     }
 }
+
+pub mod channel;
+pub mod file;
+
+pub use channel::{channel, ChannelSink, ChannelSource};
+pub use file::{FileSink, FileSource};

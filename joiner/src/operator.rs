@@ -1,0 +1,535 @@
+//! The join operator of JOIN.md: events in (`push`), samples and dead letters out
+//! (`drain_ready`), no I/O and no clock, so every rule is tested by pushing events and
+//! asserting what is ready now.
+//!
+//! State per key `(pv_id, item_id)`: the held exposure (with the clicks it claimed and
+//! its candidate features) and the pending clicks and features no exposure has claimed.
+//! A min-heap of deadlines decides everything as the watermark passes:
+//! - an exposure's sample is final when the watermark passes `tE + max(waits, grace)`;
+//!   samples therefore leave in `(tE, arrival)` order;
+//! - a pending click (or detail click) at `c` can only join an exposure with `tE <= c`,
+//!   and every on-time exposure to come has `tE >= watermark`: once the watermark
+//!   passes `c` it is unjoined;
+//! - a pending feature at `f` is unjoined once the watermark passes `f + lookback`.
+//!
+//! Duplicate exposures: a key is a duplicate while its first exposure is held, i.e.
+//! until the watermark passes `tE + max(waits, grace)`. A re-sent exposure (same ts)
+//! is late long before then, so every on-time duplicate is caught; memory stays
+//! bounded by the windows. An exposure of the same key whose ts lies beyond the held
+//! one's emission is a new exposure (and yields a second sample with the same id).
+//!
+//! Statistics: clicks count as joined when they join an exposure (whether or not that
+//! exposure finds a feature); the exposure's own `joined`/`unjoined` and the features'
+//! are decided when the sample is emitted.
+
+use crate::config::JoinerConfig;
+use crate::parse::{Key, Malformed, ParsedEvent, Parser};
+use crate::stats::JoinStats;
+use odl_proto::event::StreamKind;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
+use std::io::Write;
+
+/// What the operator hands out.
+pub enum Output<'a> {
+    /// A sample line; `key` is the sample id.
+    Sample { key: &'a [u8], json: &'a [u8], audit: bool },
+    /// A dead-letter line: `{"reason", "stream", "line"}`.
+    DeadLetter(&'a [u8]),
+}
+
+/// Keys are already uniform 128-bit hashes: fold them instead of hashing again.
+#[derive(Default)]
+struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ b as u64;
+        }
+    }
+    fn write_u128(&mut self, k: u128) {
+        self.0 = (k as u64) ^ ((k >> 64) as u64);
+    }
+}
+
+type KeyMap<V> = HashMap<Key, V, BuildHasherDefault<KeyHasher>>;
+
+struct Feature {
+    ts: i64,
+    seq: u64,
+    raw: Box<str>,
+}
+
+/// An exposure waiting for its window to close.
+struct Held {
+    ts: i64,
+    seq: u64,
+    /// The sample rendered up to `"labels":{"click":`.
+    prefix: Box<[u8]>,
+    /// Where the sample id's text sits in `prefix`.
+    id_end: u32,
+    audit: bool,
+    clicks: u32,
+    detail_clicks: u32,
+    candidates: Vec<Feature>,
+}
+
+const PREFIX_ID_START: usize = br#"{"sample_id":""#.len();
+
+#[derive(Default)]
+struct KeyState {
+    exposure: Option<Held>,
+    clicks: Vec<i64>,
+    detail_clicks: Vec<i64>,
+    features: Vec<Feature>,
+}
+
+impl KeyState {
+    fn is_empty(&self) -> bool {
+        self.exposure.is_none()
+            && self.clicks.is_empty()
+            && self.detail_clicks.is_empty()
+            && self.features.is_empty()
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum TimerKind {
+    Exposure,
+    Click,
+    DetailClick,
+    Feature,
+}
+
+#[derive(PartialEq, Eq, PartialOrd, Ord)]
+struct Timer {
+    deadline: i64,
+    seq: u64,
+    key: Key,
+    kind: TimerKind,
+}
+
+struct Ready {
+    held: Held,
+    feature: Feature,
+}
+
+struct DeadLetter {
+    reason: String,
+    stream: Option<StreamKind>,
+    line: Vec<u8>,
+}
+
+/// The join operator. See the module docs for the rules it keeps.
+pub struct Joiner {
+    lateness: i64,
+    click_wait: i64,
+    detail_click_wait: i64,
+    lookback: i64,
+    grace: i64,
+    emit_delay: i64,
+    /// `audit_rate` scaled to the u64 range of the audit hash.
+    audit_threshold: u64,
+    audit_all: bool,
+
+    parser: Parser,
+    max_ts: i64,
+    watermark: i64,
+    seq: u64,
+    /// End of input: every timer fires, nothing is kept.
+    flushing: bool,
+    keys: KeyMap<KeyState>,
+    timers: BinaryHeap<Reverse<Timer>>,
+    ready: VecDeque<Ready>,
+    dead: VecDeque<DeadLetter>,
+    stats: JoinStats,
+    render: Vec<u8>,
+}
+
+impl Joiner {
+    pub fn new(config: &JoinerConfig) -> Self {
+        let rate = config.audit_rate.clamp(0.0, 1.0);
+        Joiner {
+            lateness: config.allowed_lateness_ms as i64,
+            click_wait: config.click_wait_ms as i64,
+            detail_click_wait: config.detail_click_wait_ms as i64,
+            lookback: config.feature_lookback_ms as i64,
+            grace: config.feature_grace_ms as i64,
+            emit_delay: config.emit_delay_ms(),
+            audit_threshold: (rate * 18_446_744_073_709_551_616.0) as u64,
+            audit_all: rate >= 1.0,
+            parser: Parser::default(),
+            max_ts: i64::MIN,
+            watermark: i64::MIN,
+            seq: 0,
+            flushing: false,
+            keys: KeyMap::default(),
+            timers: BinaryHeap::new(),
+            ready: VecDeque::new(),
+            dead: VecDeque::new(),
+            stats: JoinStats::default(),
+            render: Vec::with_capacity(4096),
+        }
+    }
+
+    pub fn stats(&self) -> &JoinStats {
+        &self.stats
+    }
+
+    /// Largest ts seen minus the allowed lateness (`i64::MIN` before the first event).
+    pub fn watermark(&self) -> i64 {
+        self.watermark
+    }
+
+    /// Keys with buffered state (for memory figures and tests).
+    pub fn buffered_keys(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// Whether the audit sink gets the sample with this sample id (JOIN.md "Audit sink"):
+    /// `xxh3_64(sample_id) < audit_rate * 2^64`.
+    pub fn audits(&self, sample_id: &str) -> bool {
+        self.audit_hash(xxhash_rust::xxh3::xxh3_64(sample_id.as_bytes()))
+    }
+
+    fn audit_hash(&self, h: u64) -> bool {
+        self.audit_all || h < self.audit_threshold
+    }
+
+    /// One replay line (the stream named inside it).
+    pub fn push(&mut self, line: &[u8]) {
+        self.push_with(line, None)
+    }
+
+    /// One message of a known stream (e.g. from that stream's topic).
+    pub fn push_with(&mut self, line: &[u8], stream: Option<StreamKind>) {
+        self.seq += 1;
+        let ev = match self.parser.parse_with(line, stream) {
+            Ok(ev) => ev,
+            Err(m) => return self.malformed(line, m),
+        };
+        match ev.stream {
+            StreamKind::Exposure => self.stats.exposure.received += 1,
+            StreamKind::Click => self.stats.click.received += 1,
+            StreamKind::DetailClick => self.stats.detail_click.received += 1,
+            StreamKind::Feature => self.stats.feature.received += 1,
+        }
+        if ev.ts < self.watermark {
+            match ev.stream {
+                StreamKind::Exposure => self.stats.exposure.late += 1,
+                StreamKind::Click => self.stats.click.late += 1,
+                StreamKind::DetailClick => self.stats.detail_click.late += 1,
+                StreamKind::Feature => self.stats.feature.late += 1,
+            }
+            self.dead.push_back(DeadLetter {
+                reason: "late".into(),
+                stream: Some(ev.stream),
+                line: line.to_vec(),
+            });
+            return;
+        }
+        match ev.stream {
+            StreamKind::Exposure => self.on_exposure(&ev),
+            StreamKind::Click | StreamKind::DetailClick => self.on_click(&ev),
+            StreamKind::Feature => self.on_feature(&ev),
+        }
+        if ev.ts > self.max_ts {
+            self.max_ts = ev.ts;
+            let wm = ev.ts.saturating_sub(self.lateness);
+            if wm > self.watermark {
+                self.watermark = wm;
+                self.fire_timers();
+            }
+        }
+    }
+
+    /// End of input: every pending exposure is emitted, every pending event decided.
+    pub fn finish(&mut self) {
+        self.flushing = true;
+        self.fire_timers();
+        debug_assert!(self.keys.is_empty());
+        self.keys.clear();
+    }
+
+    /// Hands out, in order, every dead letter and sample that is ready now; stops at the
+    /// first error `f` returns (what was handed out is gone from the operator).
+    pub fn drain_ready<E>(&mut self, mut f: impl FnMut(Output<'_>) -> Result<(), E>) -> Result<(), E> {
+        while let Some(d) = self.dead.pop_front() {
+            self.render.clear();
+            render_dead_letter(&mut self.render, &d);
+            f(Output::DeadLetter(&self.render))?;
+        }
+        while let Some(r) = self.ready.pop_front() {
+            self.render.clear();
+            render_sample(&mut self.render, &r);
+            let id = &r.held.prefix[PREFIX_ID_START..r.held.id_end as usize];
+            let key: std::borrow::Cow<'_, [u8]> = if id.contains(&b'\\') {
+                // The quotes around the id are in the prefix too: decode the literal.
+                let quoted = &r.held.prefix[PREFIX_ID_START - 1..r.held.id_end as usize + 1];
+                match serde_json::from_slice::<String>(quoted) {
+                    Ok(s) => s.into_bytes().into(),
+                    Err(_) => id.into(),
+                }
+            } else {
+                id.into()
+            };
+            f(Output::Sample { key: &key, json: &self.render, audit: r.held.audit })?;
+        }
+        Ok(())
+    }
+
+    fn malformed(&mut self, line: &[u8], m: Malformed) {
+        self.stats.malformed += 1;
+        self.dead.push_back(DeadLetter { reason: m.reason(), stream: m.stream(), line: line.to_vec() });
+    }
+
+    fn on_exposure(&mut self, ev: &ParsedEvent<'_>) {
+        let state = self.keys.entry(ev.key).or_default();
+        if state.exposure.is_some() {
+            self.stats.exposure.duplicate += 1;
+            return;
+        }
+        let (prefix, id_end) = render_prefix(ev);
+        let mut held = Held {
+            ts: ev.ts,
+            seq: self.seq,
+            prefix,
+            id_end,
+            audit: self.audit_all || ev.audit_hash < self.audit_threshold,
+            clicks: 0,
+            detail_clicks: 0,
+            candidates: Vec::new(),
+        };
+        let t = ev.ts;
+        let (cw, dw) = (self.click_wait, self.detail_click_wait);
+        let mut claimed = 0;
+        state.clicks.retain(|&c| {
+            let hit = in_window(t, c, 0, cw);
+            claimed += hit as u32;
+            !hit
+        });
+        held.clicks = claimed;
+        self.stats.click.joined += claimed as u64;
+        claimed = 0;
+        state.detail_clicks.retain(|&c| {
+            let hit = in_window(t, c, 0, dw);
+            claimed += hit as u32;
+            !hit
+        });
+        held.detail_clicks = claimed;
+        self.stats.detail_click.joined += claimed as u64;
+        let (lb, gr) = (self.lookback, self.grace);
+        let mut i = 0;
+        while i < state.features.len() {
+            if in_window(t, state.features[i].ts, lb, gr) {
+                held.candidates.push(state.features.swap_remove(i));
+            } else {
+                i += 1;
+            }
+        }
+        state.exposure = Some(held);
+        let deadline = t.saturating_add(self.emit_delay);
+        self.timers.push(Reverse(Timer { deadline, seq: self.seq, key: ev.key, kind: TimerKind::Exposure }));
+    }
+
+    fn on_click(&mut self, ev: &ParsedEvent<'_>) {
+        let detail = ev.stream == StreamKind::DetailClick;
+        let wait = if detail { self.detail_click_wait } else { self.click_wait };
+        let state = self.keys.entry(ev.key).or_default();
+        if let Some(h) = state.exposure.as_mut() {
+            if in_window(h.ts, ev.ts, 0, wait) {
+                if detail {
+                    h.detail_clicks += 1;
+                    self.stats.detail_click.joined += 1;
+                } else {
+                    h.clicks += 1;
+                    self.stats.click.joined += 1;
+                }
+                return;
+            }
+        }
+        let kind = if detail {
+            state.detail_clicks.push(ev.ts);
+            TimerKind::DetailClick
+        } else {
+            state.clicks.push(ev.ts);
+            TimerKind::Click
+        };
+        self.timers.push(Reverse(Timer { deadline: ev.ts, seq: self.seq, key: ev.key, kind }));
+    }
+
+    fn on_feature(&mut self, ev: &ParsedEvent<'_>) {
+        let raw: Box<str> = ev.features.unwrap_or("{}").into();
+        let f = Feature { ts: ev.ts, seq: self.seq, raw };
+        let state = self.keys.entry(ev.key).or_default();
+        if let Some(h) = state.exposure.as_mut() {
+            if in_window(h.ts, ev.ts, self.lookback, self.grace) {
+                h.candidates.push(f);
+                return;
+            }
+        }
+        state.features.push(f);
+        let deadline = ev.ts.saturating_add(self.lookback);
+        self.timers.push(Reverse(Timer { deadline, seq: self.seq, key: ev.key, kind: TimerKind::Feature }));
+    }
+
+    /// Fires every timer the watermark has passed (all of them when flushing).
+    fn fire_timers(&mut self) {
+        while let Some(Reverse(t)) = self.timers.peek() {
+            if !self.flushing && t.deadline >= self.watermark {
+                break;
+            }
+            let Some(Reverse(t)) = self.timers.pop() else { break };
+            self.fire(t);
+        }
+    }
+
+    fn fire(&mut self, t: Timer) {
+        let Some(state) = self.keys.get_mut(&t.key) else { return };
+        let (wm, flushing, lookback) = (self.watermark, self.flushing, self.lookback);
+        let expired = |ts: i64| flushing || ts < wm;
+        match t.kind {
+            TimerKind::Exposure => {
+                if state.exposure.as_ref().is_some_and(|h| h.seq == t.seq) {
+                    if let Some(held) = state.exposure.take() {
+                        self.emit(t.key, held);
+                    }
+                }
+            }
+            TimerKind::Click => {
+                let before = state.clicks.len();
+                state.clicks.retain(|&c| !expired(c));
+                self.stats.click.unjoined += (before - state.clicks.len()) as u64;
+            }
+            TimerKind::DetailClick => {
+                let before = state.detail_clicks.len();
+                state.detail_clicks.retain(|&c| !expired(c));
+                self.stats.detail_click.unjoined += (before - state.detail_clicks.len()) as u64;
+            }
+            TimerKind::Feature => {
+                let before = state.features.len();
+                state.features.retain(|f| !expired(f.ts.saturating_add(lookback)));
+                self.stats.feature.unjoined += (before - state.features.len()) as u64;
+            }
+        }
+        if self.keys.get(&t.key).is_some_and(KeyState::is_empty) {
+            self.keys.remove(&t.key);
+        }
+    }
+
+    /// The exposure's window has closed: choose its feature, emit or count it unjoined,
+    /// and return the features it did not take to the pending set.
+    fn emit(&mut self, key: Key, mut held: Held) {
+        let chosen = choose_feature(&held.candidates, held.ts).map(|i| held.candidates.swap_remove(i));
+        let rest = std::mem::take(&mut held.candidates);
+        for f in rest {
+            let deadline = f.ts.saturating_add(self.lookback);
+            if self.flushing || deadline < self.watermark {
+                self.stats.feature.unjoined += 1;
+            } else {
+                self.timers.push(Reverse(Timer { deadline, seq: f.seq, key, kind: TimerKind::Feature }));
+                if let Some(s) = self.keys.get_mut(&key) {
+                    s.features.push(f);
+                }
+            }
+        }
+        match chosen {
+            Some(feature) => {
+                self.stats.feature.joined += 1;
+                self.stats.exposure.joined += 1;
+                self.stats.samples.emitted += 1;
+                self.stats.samples.audited += held.audit as u64;
+                self.ready.push_back(Ready { held, feature });
+            }
+            None => self.stats.exposure.unjoined += 1,
+        }
+    }
+}
+
+/// `t - before <= ts <= t + after`, without overflow.
+#[inline]
+fn in_window(t: i64, ts: i64, before: i64, after: i64) -> bool {
+    t.saturating_sub(before) <= ts && ts <= t.saturating_add(after)
+}
+
+/// JOIN.md's choice: the greatest ts not after `t`; if none, the smallest ts after it.
+/// Equal ts: the first to arrive.
+fn choose_feature(c: &[Feature], t: i64) -> Option<usize> {
+    let before = (0..c.len()).filter(|&i| c[i].ts <= t).max_by_key(|&i| (c[i].ts, Reverse(c[i].seq)));
+    before.or_else(|| (0..c.len()).min_by_key(|&i| (c[i].ts, c[i].seq)))
+}
+
+/// `{"sample_id":"<pv>:<item>","ts":T,"user_id":U,"item_id":I,"labels":{"click":`.
+/// Raw string literals concatenate safely: JSON escapes do not span characters.
+fn render_prefix(ev: &ParsedEvent<'_>) -> (Box<[u8]>, u32) {
+    let pv = &ev.pv_id[1..ev.pv_id.len() - 1];
+    let item = &ev.item_id[1..ev.item_id.len() - 1];
+    let user = ev.user_id.unwrap_or("\"\"");
+    let mut v = Vec::with_capacity(80 + 2 * pv.len() + 2 * item.len() + user.len());
+    v.extend_from_slice(br#"{"sample_id":""#);
+    v.extend_from_slice(pv.as_bytes());
+    v.push(b':');
+    v.extend_from_slice(item.as_bytes());
+    let id_end = v.len() as u32;
+    let _ = write!(
+        v,
+        "\",\"ts\":{},\"user_id\":{user},\"item_id\":{},\"labels\":{{\"click\":",
+        ev.ts, ev.item_id
+    );
+    (v.into_boxed_slice(), id_end)
+}
+
+fn render_sample(out: &mut Vec<u8>, r: &Ready) {
+    let click = (r.held.clicks > 0) as u8;
+    let detail = (r.held.detail_clicks > 0) as u8;
+    out.extend_from_slice(&r.held.prefix);
+    let _ = write!(out, "{click},\"detail_click\":{detail}}},\"features\":");
+    splice_features(out, &r.feature.raw, click, detail);
+    out.push(b'}');
+}
+
+/// The feature object with `click_label` and `detail_click_label` appended. The object
+/// is copied as bytes; only if it could already hold a `*_label` key (rare) is it
+/// parsed, so the labels replace rather than repeat that key.
+fn splice_features(out: &mut Vec<u8>, raw: &str, click: u8, detail: u8) {
+    let suspicious = memchr::memmem::find(raw.as_bytes(), b"_label").is_some() || raw.contains("\\u");
+    if suspicious {
+        if let Ok(mut map) = serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(raw) {
+            map.insert("click_label".into(), click.into());
+            map.insert("detail_click_label".into(), detail.into());
+            let _ = serde_json::to_writer(&mut *out, &map);
+            return;
+        }
+    }
+    let body = raw.trim_end();
+    let body = body.strip_suffix('}').unwrap_or(body);
+    out.extend_from_slice(body.as_bytes());
+    if !body.trim_start().trim_start_matches('{').trim().is_empty() {
+        out.push(b',');
+    }
+    let _ = write!(out, "\"click_label\":{click},\"detail_click_label\":{detail}}}");
+}
+
+fn render_dead_letter(out: &mut Vec<u8>, d: &DeadLetter) {
+    out.extend_from_slice(b"{\"reason\":");
+    let _ = serde_json::to_writer(&mut *out, &d.reason);
+    out.extend_from_slice(b",\"stream\":");
+    match d.stream {
+        Some(s) => {
+            let _ = write!(out, "\"{}\"", s.as_str());
+        }
+        None => out.extend_from_slice(b"null"),
+    }
+    out.extend_from_slice(b",\"line\":");
+    let line = String::from_utf8_lossy(&d.line);
+    let _ = serde_json::to_writer(&mut *out, line.as_ref());
+    out.push(b'}');
+}
+
+#[cfg(test)]
+mod tests;
