@@ -1,0 +1,283 @@
+//! Checkpoints: a directory holding `manifest.json` (format version, time, samples,
+//! schema, shard, attributes) and a sled database `sled/` with one tree per sparse
+//! table (key: the feature id as 8 big-endian bytes, so trees are ordered by key and a
+//! shard's range is one range scan; value: the row's whole record — weights and
+//! optimizer state — as little-endian f32) and a `dense` tree (name → record).
+//!
+//! Writing goes to `<dir>.tmp`, then swaps it in (`<dir>` → `<dir>.old`, tmp →
+//! `<dir>`, `<dir>.old` removed), so a crash mid-write leaves the previous checkpoint;
+//! loading falls back to `<dir>.old` when `<dir>` is missing its manifest (crash
+//! between the renames).
+//!
+//! Loading into shard `i` of `n` keeps the keys and dense tensors that shard owns
+//! ([`crate::routing`]), so a checkpoint from file mode or from any number of shards
+//! warm-starts any shard count. A cluster checkpoint is one directory per shard; load
+//! each of them into the new shards ([`LocalStore::load_checkpoints`]).
+
+use crate::error::{PsError, Result};
+use crate::local::{LocalStore, StoreOptions};
+use crate::optimizer;
+use crate::routing::ShardId;
+use odl_proto::params::ModelSchema;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// Bumped on any change of the on-disk layout; loading refuses other versions.
+pub const FORMAT_VERSION: u32 = 1;
+const MANIFEST: &str = "manifest.json";
+const DB: &str = "sled";
+const DENSE_TREE: &str = "dense";
+const BATCH_ROWS: usize = 16 * 1024;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    pub format_version: u32,
+    /// RFC 3339.
+    pub created_at: String,
+    /// Samples the parameters have been trained on (warm start included).
+    pub samples: u64,
+    /// The shard that wrote it (`None`: file mode, the whole model).
+    pub shard: Option<ShardId>,
+    pub schema: ModelSchema,
+    /// Rows per table.
+    pub rows: BTreeMap<String, u64>,
+    pub attributes: BTreeMap<String, String>,
+}
+
+fn table_tree(name: &str) -> String {
+    format!("table:{name}")
+}
+
+fn floats_to_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+fn bytes_to_floats(b: &[u8], path: &Path, what: &str) -> Result<Vec<f32>> {
+    if b.len() % 4 != 0 {
+        return Err(PsError::checkpoint(path, format!("{what}: {} bytes is not whole floats", b.len())));
+    }
+    Ok(b.chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect())
+}
+
+fn sibling(dir: &Path, suffix: &str) -> PathBuf {
+    let mut s = dir.as_os_str().to_os_string();
+    s.push(suffix);
+    PathBuf::from(s)
+}
+
+fn io(context: String) -> impl FnOnce(std::io::Error) -> PsError {
+    move |source| PsError::Io { context, source }
+}
+
+/// Reads the manifest of the checkpoint at `dir` (or its `.old` fallback).
+pub fn read_manifest(dir: &Path) -> Result<(PathBuf, Manifest)> {
+    let dir = resolve(dir)?;
+    let p = dir.join(MANIFEST);
+    let text = std::fs::read_to_string(&p).map_err(io(format!("reading {}", p.display())))?;
+    let m: Manifest =
+        serde_json::from_str(&text).map_err(|e| PsError::checkpoint(&dir, format!("manifest: {e}")))?;
+    if m.format_version != FORMAT_VERSION {
+        return Err(PsError::checkpoint(
+            &dir,
+            format!("format version {} (this build reads {FORMAT_VERSION})", m.format_version),
+        ));
+    }
+    Ok((dir, m))
+}
+
+/// `dir`, or `<dir>.old` when only that one is complete.
+fn resolve(dir: &Path) -> Result<PathBuf> {
+    if dir.join(MANIFEST).is_file() {
+        return Ok(dir.to_path_buf());
+    }
+    let old = sibling(dir, ".old");
+    if old.join(MANIFEST).is_file() {
+        return Ok(old);
+    }
+    Err(PsError::checkpoint(dir, "no checkpoint here (no manifest.json)"))
+}
+
+/// Whether `dir` holds a loadable checkpoint (used to resume a restarted shard).
+pub fn exists(dir: &Path) -> bool {
+    resolve(dir).is_ok()
+}
+
+impl LocalStore {
+    /// Writes every row with its optimizer state, every dense tensor and a manifest to
+    /// `dir`, replacing an earlier checkpoint there. Training may continue meanwhile:
+    /// each lock shard is copied consistently, the whole is not a point in time.
+    pub fn save_checkpoint(&self, dir: &Path) -> Result<Manifest> {
+        let tmp = sibling(dir, ".tmp");
+        if tmp.exists() {
+            std::fs::remove_dir_all(&tmp).map_err(io(format!("removing {}", tmp.display())))?;
+        }
+        std::fs::create_dir_all(&tmp).map_err(io(format!("creating {}", tmp.display())))?;
+        let db = sled::Config::new()
+            .path(tmp.join(DB))
+            .mode(sled::Mode::HighThroughput)
+            .open()
+            .map_err(|e| PsError::checkpoint(&tmp, e))?;
+        let sled_err = |e: sled::Error| PsError::checkpoint(&tmp, e);
+        let mut rows: BTreeMap<String, u64> = BTreeMap::new();
+        for chunk in self.chunks(true) {
+            let tree = db.open_tree(table_tree(&chunk.table)).map_err(sled_err)?;
+            *rows.entry(chunk.table.clone()).or_default() += chunk.keys.len() as u64;
+            for (ks, vs) in chunk
+                .keys
+                .chunks(BATCH_ROWS)
+                .zip(chunk.values.chunks(BATCH_ROWS * chunk.dim.max(1)))
+            {
+                let mut batch = sled::Batch::default();
+                for (k, rec) in ks.iter().zip(vs.chunks_exact(chunk.dim)) {
+                    batch.insert(&k.0.to_be_bytes(), floats_to_bytes(rec));
+                }
+                tree.apply_batch(batch).map_err(sled_err)?;
+            }
+        }
+        let schema = self.schema();
+        for t in &schema.tables {
+            rows.entry(t.name.clone()).or_default();
+        }
+        let dense_tree = db.open_tree(DENSE_TREE).map_err(sled_err)?;
+        self.with_dense(|d| -> Result<()> {
+            for (name, t) in &d.tensors {
+                dense_tree
+                    .insert(name.as_bytes(), floats_to_bytes(&t.record))
+                    .map_err(sled_err)?;
+            }
+            Ok(())
+        })?;
+        db.flush().map_err(sled_err)?;
+        drop(dense_tree);
+        drop(db);
+        let manifest = Manifest {
+            format_version: FORMAT_VERSION,
+            created_at: chrono::Utc::now().to_rfc3339(),
+            samples: self.total_samples(),
+            shard: self.shard(),
+            schema,
+            rows,
+            attributes: self.attributes(),
+        };
+        let text = serde_json::to_string_pretty(&manifest)
+            .map_err(|e| PsError::checkpoint(dir, format!("manifest: {e}")))?;
+        let mp = tmp.join(MANIFEST);
+        std::fs::write(&mp, text).map_err(io(format!("writing {}", mp.display())))?;
+        std::fs::File::open(&mp)
+            .and_then(|f| f.sync_all())
+            .map_err(io(format!("syncing {}", mp.display())))?;
+        let old = sibling(dir, ".old");
+        if old.exists() {
+            std::fs::remove_dir_all(&old).map_err(io(format!("removing {}", old.display())))?;
+        }
+        if dir.exists() {
+            std::fs::rename(dir, &old).map_err(io(format!("moving {} aside", dir.display())))?;
+        }
+        std::fs::rename(&tmp, dir).map_err(io(format!("renaming {} to {}", tmp.display(), dir.display())))?;
+        if old.exists() {
+            std::fs::remove_dir_all(&old).map_err(io(format!("removing {}", old.display())))?;
+        }
+        Ok(manifest)
+    }
+
+    /// Loads the checkpoint at `dir` into a new store. With `shard = Some((i, n))` the
+    /// store becomes shard `i` of `n` and keeps only what that shard owns.
+    pub fn load_checkpoint(dir: &Path, shard: Option<(u32, u32)>) -> Result<LocalStore> {
+        let mut opts = StoreOptions::default();
+        if let Some((i, n)) = shard {
+            opts.shard = Some(
+                ShardId::new(i, n)
+                    .ok_or_else(|| PsError::invalid(format!("shard {i}/{n} does not exist")))?,
+            );
+        }
+        let store = LocalStore::new(opts);
+        store.load_from(dir)?;
+        Ok(store)
+    }
+
+    /// Loads each checkpoint of `dirs` into a new store with `opts` (e.g. the shards
+    /// of an old cluster into one shard of a new one).
+    pub fn load_checkpoints(dirs: &[PathBuf], opts: StoreOptions) -> Result<LocalStore> {
+        let store = LocalStore::new(opts);
+        for d in dirs {
+            store.load_from(d)?;
+        }
+        Ok(store)
+    }
+
+    /// Adds the checkpoint's rows and dense tensors this store owns to it (rows it
+    /// already holds are replaced). Samples add up; attributes merge.
+    pub fn load_from(&self, dir: &Path) -> Result<Manifest> {
+        let (dir, m) = read_manifest(dir)?;
+        let db = sled::Config::new()
+            .path(dir.join(DB))
+            .open()
+            .map_err(|e| PsError::checkpoint(&dir, e))?;
+        let sled_err = |e: sled::Error| PsError::checkpoint(&dir, e);
+        let now = self.now();
+        let range = self.shard().map(|s| s.key_range());
+        for spec in &m.schema.tables {
+            let table = self.ensure_table(spec)?;
+            let rl = optimizer::record_len(&spec.optimizer, spec.dim);
+            let tree = db.open_tree(table_tree(&spec.name)).map_err(sled_err)?;
+            let iter = match range {
+                Some((lo, hi)) => tree.range(lo.to_be_bytes()..=hi.to_be_bytes()),
+                None => tree.iter(),
+            };
+            let mut keys = Vec::with_capacity(BATCH_ROWS);
+            let mut recs = Vec::with_capacity(BATCH_ROWS * rl);
+            for item in iter {
+                let (k, v) = item.map_err(sled_err)?;
+                let k: [u8; 8] = k.as_ref().try_into().map_err(|_| {
+                    PsError::checkpoint(&dir, format!("table {:?}: key of {} bytes", spec.name, k.len()))
+                })?;
+                let rec = bytes_to_floats(&v, &dir, &spec.name)?;
+                if rec.len() != rl {
+                    return Err(PsError::checkpoint(
+                        &dir,
+                        format!("table {:?}: record of {} floats, expected {rl}", spec.name, rec.len()),
+                    ));
+                }
+                keys.push(u64::from_be_bytes(k));
+                recs.extend_from_slice(&rec);
+                if keys.len() == BATCH_ROWS {
+                    table.insert_records(&keys, &recs, now);
+                    keys.clear();
+                    recs.clear();
+                }
+            }
+            table.insert_records(&keys, &recs, now);
+        }
+        let dense_tree = db.open_tree(DENSE_TREE).map_err(sled_err)?;
+        let shard = self.shard();
+        for spec in &m.schema.dense {
+            if shard.is_some_and(|s| !s.owns_dense(&spec.name)) {
+                continue;
+            }
+            let bytes = dense_tree
+                .get(spec.name.as_bytes())
+                .map_err(sled_err)?
+                .ok_or_else(|| PsError::checkpoint(&dir, format!("dense {:?} missing", spec.name)))?;
+            let record = bytes_to_floats(&bytes, &dir, &spec.name)?;
+            if record.len() != optimizer::record_len(&spec.optimizer, spec.init.len()) {
+                return Err(PsError::checkpoint(&dir, format!("dense {:?}: wrong record length", spec.name)));
+            }
+            self.with_dense(|d| -> Result<()> {
+                d.declare(spec)?;
+                if let Some(t) = d.tensors.get_mut(&spec.name) {
+                    t.record = record;
+                }
+                Ok(())
+            })?;
+        }
+        self.set_base_samples(self.total_samples() - self.samples_trained() + m.samples);
+        for (k, v) in &m.attributes {
+            self.set_attribute(k, v);
+        }
+        Ok(m)
+    }
+}
