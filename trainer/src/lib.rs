@@ -16,6 +16,7 @@ mod fasthash;
 pub mod features;
 pub mod model;
 pub mod nn;
+pub mod train;
 
 pub use config::ModelConfig;
 pub use error::{Result, TrainError};
