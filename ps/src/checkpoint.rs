@@ -56,7 +56,10 @@ fn floats_to_bytes(v: &[f32]) -> Vec<u8> {
 
 fn bytes_to_floats(b: &[u8], path: &Path, what: &str) -> Result<Vec<f32>> {
     if b.len() % 4 != 0 {
-        return Err(PsError::checkpoint(path, format!("{what}: {} bytes is not whole floats", b.len())));
+        return Err(PsError::checkpoint(
+            path,
+            format!("{what}: {} bytes is not whole floats", b.len()),
+        ));
     }
     Ok(b.chunks_exact(4)
         .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
@@ -78,12 +81,15 @@ pub fn read_manifest(dir: &Path) -> Result<(PathBuf, Manifest)> {
     let dir = resolve(dir)?;
     let p = dir.join(MANIFEST);
     let text = std::fs::read_to_string(&p).map_err(io(format!("reading {}", p.display())))?;
-    let m: Manifest =
-        serde_json::from_str(&text).map_err(|e| PsError::checkpoint(&dir, format!("manifest: {e}")))?;
+    let m: Manifest = serde_json::from_str(&text)
+        .map_err(|e| PsError::checkpoint(&dir, format!("manifest: {e}")))?;
     if m.format_version != FORMAT_VERSION {
         return Err(PsError::checkpoint(
             &dir,
-            format!("format version {} (this build reads {FORMAT_VERSION})", m.format_version),
+            format!(
+                "format version {} (this build reads {FORMAT_VERSION})",
+                m.format_version
+            ),
         ));
     }
     Ok((dir, m))
@@ -98,7 +104,10 @@ fn resolve(dir: &Path) -> Result<PathBuf> {
     if old.join(MANIFEST).is_file() {
         return Ok(old);
     }
-    Err(PsError::checkpoint(dir, "no checkpoint here (no manifest.json)"))
+    Err(PsError::checkpoint(
+        dir,
+        "no checkpoint here (no manifest.json)",
+    ))
 }
 
 /// Whether `dir` holds a loadable checkpoint (used to resume a restarted shard).
@@ -177,7 +186,11 @@ impl LocalStore {
         if dir.exists() {
             std::fs::rename(dir, &old).map_err(io(format!("moving {} aside", dir.display())))?;
         }
-        std::fs::rename(&tmp, dir).map_err(io(format!("renaming {} to {}", tmp.display(), dir.display())))?;
+        std::fs::rename(&tmp, dir).map_err(io(format!(
+            "renaming {} to {}",
+            tmp.display(),
+            dir.display()
+        )))?;
         if old.exists() {
             std::fs::remove_dir_all(&old).map_err(io(format!("removing {}", old.display())))?;
         }
@@ -210,7 +223,7 @@ impl LocalStore {
     }
 
     /// Adds the checkpoint's rows and dense tensors this store owns to it (rows it
-    /// already holds are replaced). Samples add up; attributes merge.
+    /// already holds are replaced). Samples: the largest of the loaded manifests; attributes merge.
     pub fn load_from(&self, dir: &Path) -> Result<Manifest> {
         let (dir, m) = read_manifest(dir)?;
         let db = sled::Config::new()
@@ -233,13 +246,20 @@ impl LocalStore {
             for item in iter {
                 let (k, v) = item.map_err(sled_err)?;
                 let k: [u8; 8] = k.as_ref().try_into().map_err(|_| {
-                    PsError::checkpoint(&dir, format!("table {:?}: key of {} bytes", spec.name, k.len()))
+                    PsError::checkpoint(
+                        &dir,
+                        format!("table {:?}: key of {} bytes", spec.name, k.len()),
+                    )
                 })?;
                 let rec = bytes_to_floats(&v, &dir, &spec.name)?;
                 if rec.len() != rl {
                     return Err(PsError::checkpoint(
                         &dir,
-                        format!("table {:?}: record of {} floats, expected {rl}", spec.name, rec.len()),
+                        format!(
+                            "table {:?}: record of {} floats, expected {rl}",
+                            spec.name,
+                            rec.len()
+                        ),
                     ));
                 }
                 keys.push(u64::from_be_bytes(k));
@@ -261,10 +281,15 @@ impl LocalStore {
             let bytes = dense_tree
                 .get(spec.name.as_bytes())
                 .map_err(sled_err)?
-                .ok_or_else(|| PsError::checkpoint(&dir, format!("dense {:?} missing", spec.name)))?;
+                .ok_or_else(|| {
+                    PsError::checkpoint(&dir, format!("dense {:?} missing", spec.name))
+                })?;
             let record = bytes_to_floats(&bytes, &dir, &spec.name)?;
             if record.len() != optimizer::record_len(&spec.optimizer, spec.init.len()) {
-                return Err(PsError::checkpoint(&dir, format!("dense {:?}: wrong record length", spec.name)));
+                return Err(PsError::checkpoint(
+                    &dir,
+                    format!("dense {:?}: wrong record length", spec.name),
+                ));
             }
             self.with_dense(|d| -> Result<()> {
                 d.declare(spec)?;
@@ -274,7 +299,8 @@ impl LocalStore {
                 Ok(())
             })?;
         }
-        self.set_base_samples(self.total_samples() - self.samples_trained() + m.samples);
+        // Shards of one cluster each record the whole cluster's samples: take the max.
+        self.set_base_samples(self.base_samples().max(m.samples));
         for (k, v) in &m.attributes {
             self.set_attribute(k, v);
         }

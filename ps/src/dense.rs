@@ -43,7 +43,10 @@ pub fn validate_spec(spec: &DenseSpec) -> Result<()> {
         )));
     }
     if spec.init.iter().any(|x| !x.is_finite()) {
-        return Err(PsError::invalid(format!("dense {:?}: init is not finite", spec.name)));
+        return Err(PsError::invalid(format!(
+            "dense {:?}: init is not finite",
+            spec.name
+        )));
     }
     optimizer::validate(&spec.optimizer)
 }
@@ -104,7 +107,9 @@ impl DenseSet {
                 )));
             }
             if g.iter().any(|x| !x.is_finite()) {
-                return Err(PsError::invalid(format!("dense {name:?}: gradient is not finite")));
+                return Err(PsError::invalid(format!(
+                    "dense {name:?}: gradient is not finite"
+                )));
             }
         }
         let mut scratch = Vec::new();

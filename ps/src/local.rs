@@ -204,7 +204,9 @@ impl LocalStore {
     }
 
     pub fn set_attribute(&self, key: &str, value: &str) {
-        self.attributes.lock().insert(key.to_string(), value.to_string());
+        self.attributes
+            .lock()
+            .insert(key.to_string(), value.to_string());
     }
 
     pub fn attribute(&self, key: &str) -> Option<String> {
@@ -213,6 +215,10 @@ impl LocalStore {
 
     pub(crate) fn attributes(&self) -> BTreeMap<String, String> {
         self.attributes.lock().clone()
+    }
+
+    pub(crate) fn base_samples(&self) -> u64 {
+        self.base_samples.load(Ordering::Relaxed)
     }
 
     pub(crate) fn set_base_samples(&self, n: u64) {
@@ -271,13 +277,19 @@ impl LocalStore {
         for t in &schema.tables {
             Self::validate_table_spec(t)?;
             if !seen.insert(("t", t.name.as_str())) {
-                return Err(PsError::invalid(format!("table {:?} declared twice", t.name)));
+                return Err(PsError::invalid(format!(
+                    "table {:?} declared twice",
+                    t.name
+                )));
             }
         }
         for d in &schema.dense {
             dense::validate_spec(d)?;
             if !seen.insert(("d", d.name.as_str())) {
-                return Err(PsError::invalid(format!("dense {:?} declared twice", d.name)));
+                return Err(PsError::invalid(format!(
+                    "dense {:?} declared twice",
+                    d.name
+                )));
             }
         }
         let mine = |d: &&DenseSpec| self.opts.shard.is_none_or(|s| s.owns_dense(&d.name));
@@ -298,7 +310,9 @@ impl LocalStore {
             let dense = self.dense.lock();
             for d in schema.dense.iter().filter(mine) {
                 if let Some(h) = dense.tensors.get(&d.name) {
-                    if h.len() != d.init.len() || !optimizer::same_layout(&h.spec.optimizer, &d.optimizer) {
+                    if h.len() != d.init.len()
+                        || !optimizer::same_layout(&h.spec.optimizer, &d.optimizer)
+                    {
                         return Err(PsError::invalid(format!(
                             "dense {:?} exists with shape {:?} and {:?}; declared {:?} and {:?}",
                             d.name, h.spec.shape, h.spec.optimizer, d.shape, d.optimizer
@@ -391,7 +405,10 @@ impl LocalStore {
     /// [`ParamRead::pull_dense`] with the store's error type.
     pub fn pull_dense_tensors(&self, names: &[String]) -> Result<Vec<Vec<f32>>> {
         let d = self.dense.lock();
-        names.iter().map(|n| d.get(n).map(|t| t.weights())).collect()
+        names
+            .iter()
+            .map(|n| d.get(n).map(|t| t.weights()))
+            .collect()
     }
 
     /// [`ParamStore::push_dense`] with the store's error type.
@@ -402,6 +419,11 @@ impl LocalStore {
     /// Keeps `worker`'s latest progress report.
     pub fn report_progress_from(&self, worker: &str, p: &TrainProgress) {
         self.progress.lock().report(worker, p);
+    }
+
+    /// Workers that have reported progress.
+    pub fn workers(&self) -> usize {
+        self.progress.lock().workers()
     }
 
     /// Every worker's latest report merged (sample-weighted AUCs, summed counts).

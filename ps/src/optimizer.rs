@@ -46,7 +46,10 @@ pub fn validate(opt: &Optimizer) -> Result<()> {
             initial_accumulator,
         } => {
             ok(pos(lr), "lr must be finite and > 0")?;
-            ok(nonneg(initial_accumulator), "initial_accumulator must be finite and >= 0")
+            ok(
+                nonneg(initial_accumulator),
+                "initial_accumulator must be finite and >= 0",
+            )
         }
         Optimizer::Adam {
             lr,
@@ -296,8 +299,24 @@ mod tests {
     #[test]
     fn bad_hyperparameters_are_rejected() {
         assert!(validate(&ADAGRAD).is_ok());
-        assert!(validate(&Optimizer::Adagrad { lr: 0.0, initial_accumulator: 0.1 }).is_err());
-        assert!(validate(&Optimizer::Adam { lr: 0.1, beta1: 1.0, beta2: 0.9, eps: 1e-8 }).is_err());
-        assert!(validate(&Optimizer::Ftrl { alpha: f32::NAN, beta: 1.0, l1: 0.0, l2: 0.0 }).is_err());
+        assert!(validate(&Optimizer::Adagrad {
+            lr: 0.0,
+            initial_accumulator: 0.1
+        })
+        .is_err());
+        assert!(validate(&Optimizer::Adam {
+            lr: 0.1,
+            beta1: 1.0,
+            beta2: 0.9,
+            eps: 1e-8
+        })
+        .is_err());
+        assert!(validate(&Optimizer::Ftrl {
+            alpha: f32::NAN,
+            beta: 1.0,
+            l1: 0.0,
+            l2: 0.0
+        })
+        .is_err());
     }
 }

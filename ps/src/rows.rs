@@ -169,7 +169,10 @@ impl RowShard {
         self.records.swap_remove(slot);
         if moved_from != slot {
             let moved_key = self.keys.get(slot)[0];
-            if let Some(s) = self.index.find_mut(mix(moved_key), |&s| s as usize == moved_from) {
+            if let Some(s) = self
+                .index
+                .find_mut(mix(moved_key), |&s| s as usize == moved_from)
+            {
                 *s = slot as u32;
             }
         }
@@ -240,7 +243,10 @@ mod tests {
         let mut scratch = Vec::new();
         // min_count 3: two pushes stay pending, the third creates the row.
         for _ in 0..2 {
-            assert!(matches!(sh.upsert(9, 0, 3, fill(1.0), &mut scratch), Upsert::Pending));
+            assert!(matches!(
+                sh.upsert(9, 0, 3, fill(1.0), &mut scratch),
+                Upsert::Pending
+            ));
         }
         assert!(sh.get(9).is_none());
         match sh.upsert(9, 0, 3, fill(1.0), &mut scratch) {
@@ -261,7 +267,11 @@ mod tests {
         assert_eq!(sh.evict_before(5), 1);
         assert!(sh.get(9).is_none());
         for k in 100..200u64 {
-            assert_eq!(sh.get(k).unwrap()[0], k as f32, "key {k} survives the moves");
+            assert_eq!(
+                sh.get(k).unwrap()[0],
+                k as f32,
+                "key {k} survives the moves"
+            );
         }
         let (mut up, mut del) = (Vec::new(), Vec::new());
         sh.take_changes(&mut up, &mut del);

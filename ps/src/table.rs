@@ -168,7 +168,10 @@ impl SparseTable {
     }
 
     pub fn evict_before(&self, cutoff: u32) -> usize {
-        self.shards.iter().map(|s| s.lock().evict_before(cutoff)).sum()
+        self.shards
+            .iter()
+            .map(|s| s.lock().evict_before(cutoff))
+            .sum()
     }
 
     pub fn take_changes(&self) -> (Vec<FeatureId>, Vec<FeatureId>) {

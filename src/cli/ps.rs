@@ -1,8 +1,96 @@
-//! `odl ps`.
+//! `odl ps`: run one parameter-server shard (TRAIN.md "Parameter server", "Cluster
+//! mode"). Loads the config (configs/ps.toml overlaid by `--config`, then the flags),
+//! binds gRPC and HTTP (port 0 allowed), loads the store (own checkpoint, else warm
+//! start), prints `odl ps ready grpc=ADDR http=ADDR` on stderr, and serves until
+//! SIGINT/SIGTERM, when it writes a last checkpoint and exits 0.
+
+use anyhow::Context;
+use odl_ps::config::PsConfig;
+use odl_ps::server::Listeners;
+use odl_ps::shard::{Origin, Shard};
+use std::path::PathBuf;
+use tokio_util::sync::CancellationToken;
 
 #[derive(clap::Args, Debug)]
-pub struct PsArgs {}
+pub struct PsArgs {
+    /// Shard config overriding configs/ps.toml (TOML or JSON).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Overrides `grpc_addr` (e.g. 127.0.0.1:0 for a free port).
+    #[arg(long)]
+    pub grpc_addr: Option<String>,
+    /// Overrides `http_addr`.
+    #[arg(long)]
+    pub http_addr: Option<String>,
+    /// Overrides `checkpoint_dir`.
+    #[arg(long)]
+    pub checkpoint_dir: Option<PathBuf>,
+    /// Overrides `warm_start` (repeat for several checkpoint directories).
+    #[arg(long)]
+    pub warm_start: Vec<PathBuf>,
+}
 
-pub fn run(_args: PsArgs) -> anyhow::Result<()> {
-    anyhow::bail!("odl ps is not built yet")
+pub fn run(args: PsArgs) -> anyhow::Result<()> {
+    let mut config = PsConfig::load(args.config.as_deref()).context("bad ps config")?;
+    if let Some(a) = args.grpc_addr {
+        config.grpc_addr = a;
+    }
+    if let Some(a) = args.http_addr {
+        config.http_addr = a;
+    }
+    if let Some(d) = args.checkpoint_dir {
+        config.checkpoint_dir = d;
+    }
+    if !args.warm_start.is_empty() {
+        config.warm_start = args.warm_start;
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("odl-ps")
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(serve(config))
+}
+
+async fn serve(config: PsConfig) -> anyhow::Result<()> {
+    let listeners = Listeners::bind(&config.grpc_addr, &config.http_addr).await?;
+    let (grpc, http) = listeners.addrs()?;
+    let shutdown = CancellationToken::new();
+    spawn_signal_handler(shutdown.clone())?;
+    let c = config.clone();
+    let shard = tokio::task::spawn_blocking(move || Shard::open(c))
+        .await
+        .context("loading the store")?
+        .context("loading the store")?;
+    let id = shard.id();
+    match shard.origin() {
+        Origin::Empty => tracing::info!("starting empty"),
+        Origin::Resumed(d) => tracing::info!(dir = %d.display(), "resumed from own checkpoint"),
+        Origin::WarmStart(ds) => tracing::info!(dirs = ?ds, "warm-started"),
+    }
+    tracing::info!(shard = id.index, shards = id.count, %grpc, %http, "serving");
+    // The line tests and scripts wait for (stable format).
+    eprintln!(
+        "odl ps ready grpc={grpc} http={http} shard={}/{}",
+        id.index, id.count
+    );
+    shard.run(listeners, shutdown).await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// SIGINT or SIGTERM cancels `token` (a second signal is ignored; the drain writes the
+/// last checkpoint and exits).
+fn spawn_signal_handler(token: CancellationToken) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+            _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+        }
+        token.cancel();
+    });
+    Ok(())
 }

@@ -20,8 +20,11 @@ fn trained() -> (LocalStore, Vec<FeatureId>) {
             s.push_sparse(t.0, &ks, &g).unwrap();
         }
     }
-    s.push_dense(&[("mlp.w".into(), vec![0.3; 6]), ("mlp.b".into(), vec![-0.2; 3])])
-        .unwrap();
+    s.push_dense(&[
+        ("mlp.w".into(), vec![0.3; 6]),
+        ("mlp.b".into(), vec![-0.2; 3]),
+    ])
+    .unwrap();
     s.set_attribute("model", "mmoe");
     (s, ks)
 }
@@ -42,8 +45,11 @@ fn push_once(s: &LocalStore, ks: &[FeatureId]) {
         let g: Vec<f32> = ks.iter().flat_map(|k| grad(k.0 ^ 1, d)).collect();
         s.push_sparse(t, ks, &g).unwrap();
     }
-    s.push_dense(&[("mlp.w".into(), vec![0.1; 6]), ("mlp.b".into(), vec![0.4; 3])])
-        .unwrap();
+    s.push_dense(&[
+        ("mlp.w".into(), vec![0.1; 6]),
+        ("mlp.b".into(), vec![0.4; 3]),
+    ])
+    .unwrap();
 }
 
 #[test]
@@ -64,7 +70,10 @@ fn save_load_round_trip_keeps_values_and_optimizer_state() {
     push_once(&l, &ks);
     assert_eq!(all(&l, &ks), all(&s, &ks));
     // Loaded rows are the base version, not changes to publish.
-    assert!(LocalStore::load_checkpoint(&ck, None).unwrap().take_changes().is_empty());
+    assert!(LocalStore::load_checkpoint(&ck, None)
+        .unwrap()
+        .take_changes()
+        .is_empty());
 }
 
 #[test]
@@ -81,7 +90,10 @@ fn loading_into_two_shards_partitions_rows() {
         let id = ShardId::new(i as u32, 2).unwrap();
         let mut n = 0;
         for b in sh.full_snapshot().filter(|b| b.table == "emb") {
-            assert!(b.keys.iter().all(|k| id.owns_key(*k)), "shard {i} holds only its keys");
+            assert!(
+                b.keys.iter().all(|k| id.owns_key(*k)),
+                "shard {i} holds only its keys"
+            );
             n += b.keys.len();
         }
         assert!(n > 500, "shard {i} got {n} rows");

@@ -49,7 +49,11 @@ fn push_applies_adagrad_from_the_init_row() {
     for i in 0..4 {
         let acc = 0.1f32 + g[i] * g[i];
         let want = before[i] - 0.05 * g[i] / acc.sqrt();
-        assert!((after[i] - want).abs() < 1e-7, "coord {i}: {} vs {want}", after[i]);
+        assert!(
+            (after[i] - want).abs() < 1e-7,
+            "coord {i}: {} vs {want}",
+            after[i]
+        );
     }
 }
 
@@ -84,19 +88,31 @@ fn bad_requests_are_invalid_and_leave_rows_untouched() {
     g[7] = f32::INFINITY;
     invalid(s.push_sparse("emb", &k, &g), "not finite");
     // Finite but overflowing: refused per row, row unchanged.
-    invalid(s.push_sparse("emb", &k[..1], &[1e30, 0.0, 0.0, 0.0]), "overflow");
+    invalid(
+        s.push_sparse("emb", &k[..1], &[1e30, 0.0, 0.0, 0.0]),
+        "overflow",
+    );
     let mut out = vec![0.0; 11];
     invalid(s.pull_sparse("emb", &k, &mut out), "output has");
     invalid(s.pull_sparse("nope", &k, &mut [0.0; 12]), "unknown table");
     assert_eq!(pull(&s, "emb", &k, 4), before);
     // Dense: unknown name, wrong length, non-finite; nothing applied.
     let d0 = s.pull_dense(&["mlp.w".into(), "mlp.b".into()]).unwrap();
-    invalid(s.push_dense(&[("mlp.x".into(), vec![0.0; 6])]), "unknown dense");
     invalid(
-        s.push_dense(&[("mlp.w".into(), vec![0.1; 6]), ("mlp.b".into(), vec![0.0; 2])]),
+        s.push_dense(&[("mlp.x".into(), vec![0.0; 6])]),
+        "unknown dense",
+    );
+    invalid(
+        s.push_dense(&[
+            ("mlp.w".into(), vec![0.1; 6]),
+            ("mlp.b".into(), vec![0.0; 2]),
+        ]),
         "gradient has 2",
     );
-    invalid(s.push_dense(&[("mlp.b".into(), vec![f32::NAN; 3])]), "not finite");
+    invalid(
+        s.push_dense(&[("mlp.b".into(), vec![f32::NAN; 3])]),
+        "not finite",
+    );
     invalid(s.pull_dense(&["mlp.x".into()]), "unknown dense");
     assert_eq!(s.pull_dense(&["mlp.w".into(), "mlp.b".into()]).unwrap(), d0);
 }
@@ -108,7 +124,11 @@ fn declare_validates_and_is_idempotent() {
     s.push_sparse("emb", &[FeatureId(1)], &[0.5; 4]).unwrap();
     let row = pull(&s, "emb", &[FeatureId(1)], 4);
     s.declare(&schema()).unwrap();
-    assert_eq!(pull(&s, "emb", &[FeatureId(1)], 4), row, "re-declare keeps rows");
+    assert_eq!(
+        pull(&s, "emb", &[FeatureId(1)], 4),
+        row,
+        "re-declare keeps rows"
+    );
     let mut bad = schema();
     bad.tables[0].dim = 8;
     invalid(s.declare(&bad), "exists with dim 4");
@@ -142,9 +162,16 @@ fn min_count_delays_row_creation() {
     s.push_sparse("emb", &k, &[1.0; 4]).unwrap();
     s.push_sparse("emb", &k, &[1.0; 4]).unwrap();
     assert_eq!(pull(&s, "emb", &k, 4), init, "two sightings: no row yet");
-    assert_eq!(s.table_stats()[0].rows + s.table_stats()[1].rows + s.table_stats()[2].rows, 0);
+    assert_eq!(
+        s.table_stats()[0].rows + s.table_stats()[1].rows + s.table_stats()[2].rows,
+        0
+    );
     s.push_sparse("emb", &k, &[1.0; 4]).unwrap();
-    assert_ne!(pull(&s, "emb", &k, 4), init, "third sighting creates and updates");
+    assert_ne!(
+        pull(&s, "emb", &k, 4),
+        init,
+        "third sighting creates and updates"
+    );
 }
 
 #[test]
@@ -157,7 +184,8 @@ fn ttl_evicts_idle_rows_and_records_deletions() {
     s.set_clock(10);
     s.push_sparse("emb", &keys(0..50), &vec![0.1; 200]).unwrap();
     s.set_clock(60);
-    s.push_sparse("emb", &keys(50..80), &vec![0.1; 120]).unwrap();
+    s.push_sparse("emb", &keys(50..80), &vec![0.1; 120])
+        .unwrap();
     let c = s.take_changes();
     assert_eq!(c.tables.len(), 1);
     assert_eq!(c.tables[0].upserted.len(), 80);
@@ -201,7 +229,8 @@ fn skipped_publish_restores_changes() {
 fn snapshots_cover_every_row_and_tensor() {
     let s = LocalStore::default();
     s.declare(&schema()).unwrap();
-    s.push_sparse("emb", &keys(0..100), &vec![0.1; 400]).unwrap();
+    s.push_sparse("emb", &keys(0..100), &vec![0.1; 400])
+        .unwrap();
     s.push_sparse("lr", &keys(0..7), &[0.5; 7]).unwrap();
     let mut n = 0;
     for b in s.full_snapshot() {
@@ -216,16 +245,23 @@ fn snapshots_cover_every_row_and_tensor() {
     assert_eq!(n, 107);
     let d = s.dense_snapshot();
     assert_eq!(d.len(), 2);
-    assert_eq!(d.iter().find(|(n, _)| n == "mlp.w").unwrap().1, vec![0.1, 0.2, 0.3, 0.4, 0.5, 0.6]);
+    assert_eq!(
+        d.iter().find(|(n, _)| n == "mlp.w").unwrap().1,
+        vec![0.1, 0.2, 0.3, 0.4, 0.5, 0.6]
+    );
 }
 
 #[test]
 fn dense_push_applies_optimizer() {
     let s = LocalStore::default();
     s.declare(&schema()).unwrap();
-    s.push_dense(&[("mlp.b".into(), vec![1.0, -1.0, 0.0])]).unwrap();
+    s.push_dense(&[("mlp.b".into(), vec![1.0, -1.0, 0.0])])
+        .unwrap();
     let b = &s.pull_dense(&["mlp.b".into()]).unwrap()[0];
-    assert!((b[0] + 0.01).abs() < 1e-5 && (b[1] - 0.01).abs() < 1e-5 && b[2] == 0.0, "{b:?}");
+    assert!(
+        (b[0] + 0.01).abs() < 1e-5 && (b[1] - 0.01).abs() < 1e-5 && b[2] == 0.0,
+        "{b:?}"
+    );
 }
 
 #[test]
@@ -260,10 +296,18 @@ fn a_shard_rejects_keys_and_dense_it_does_not_own() {
     let mine = FeatureId(u64::MAX - 5);
     let theirs = FeatureId(5);
     s.push_sparse("emb", &[mine], &[0.1; 4]).unwrap();
-    invalid(s.push_sparse("emb", &[mine, theirs], &[0.1; 8]), "not owned by shard 1/2");
+    invalid(
+        s.push_sparse("emb", &[mine, theirs], &[0.1; 8]),
+        "not owned by shard 1/2",
+    );
     let held: Vec<String> = s.schema().dense.into_iter().map(|d| d.name).collect();
     for d in schema().dense {
-        assert_eq!(held.contains(&d.name), shard.owns_dense(&d.name), "{}", d.name);
+        assert_eq!(
+            held.contains(&d.name),
+            shard.owns_dense(&d.name),
+            "{}",
+            d.name
+        );
     }
 }
 
@@ -276,13 +320,19 @@ fn concurrent_pushes_from_two_threads_all_land() {
             let s = &s;
             sc.spawn(move || {
                 for b in 0..50u64 {
-                    let ks: Vec<_> = (0..200).map(|i| FeatureId(t * 1_000_000 + b * 200 + i)).collect();
+                    let ks: Vec<_> = (0..200)
+                        .map(|i| FeatureId(t * 1_000_000 + b * 200 + i))
+                        .collect();
                     let g: Vec<f32> = ks.iter().flat_map(|k| grad(k.0, 4)).collect();
                     s.push_sparse("emb", &ks, &g).unwrap();
                 }
             });
         }
     });
-    let emb = s.table_stats().into_iter().find(|t| t.name == "emb").unwrap();
+    let emb = s
+        .table_stats()
+        .into_iter()
+        .find(|t| t.name == "emb")
+        .unwrap();
     assert_eq!(emb.rows, 20_000);
 }

@@ -1,0 +1,109 @@
+//! One PS shard as a network service: gRPC (`odl.ps.ParameterServer` and the standard
+//! `grpc.health.v1`) and HTTP, both stopping when the shutdown token is cancelled.
+//!
+//! [`serve`] only serves a store it is given; [`crate::shard`] builds that store
+//! (resume, warm start), checkpoints it and runs the TTL sweeper.
+
+pub mod grpc;
+pub mod http;
+mod status;
+
+use crate::error::{PsError, Result};
+use crate::local::LocalStore;
+use crate::routing::ShardId;
+use odl_proto::ps_rpc::parameter_server_server::ParameterServerServer;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+
+/// Largest gRPC message accepted or sent: a pull of 1M dim-16 rows is 64 MB.
+pub const MAX_MESSAGE_BYTES: usize = 256 << 20;
+
+/// The two listening sockets of a shard, bound by the caller (port 0 is fine).
+pub struct Listeners {
+    pub grpc: TcpListener,
+    pub http: TcpListener,
+}
+
+impl Listeners {
+    /// Binds both addresses.
+    pub async fn bind(grpc: &str, http: &str) -> Result<Listeners> {
+        let bind = |a: &str| {
+            let a = a.to_string();
+            async move {
+                TcpListener::bind(&a).await.map_err(|source| PsError::Io {
+                    context: format!("binding {a}"),
+                    source,
+                })
+            }
+        };
+        Ok(Listeners {
+            grpc: bind(grpc).await?,
+            http: bind(http).await?,
+        })
+    }
+
+    /// The bound (gRPC, HTTP) addresses.
+    pub fn addrs(&self) -> Result<(SocketAddr, SocketAddr)> {
+        let addr = |l: &TcpListener| {
+            l.local_addr().map_err(|source| PsError::Io {
+                context: "reading the bound address".into(),
+                source,
+            })
+        };
+        Ok((addr(&self.grpc)?, addr(&self.http)?))
+    }
+}
+
+/// Serves `store` as shard `shard` until `shutdown` is cancelled (or a server fails,
+/// which cancels the other).
+pub async fn serve(
+    store: Arc<LocalStore>,
+    shard: ShardId,
+    listeners: Listeners,
+    shutdown: CancellationToken,
+) -> Result<()> {
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<ParameterServerServer<grpc::PsService>>()
+        .await;
+    let ps = ParameterServerServer::new(grpc::PsService::new(store.clone(), shard))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let grpc_stop = shutdown.clone();
+    let grpc = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(ps)
+        // odl_model_update: the publisher's gRPC service is added here (helper S).
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listeners.grpc), async move {
+            grpc_stop.cancelled().await
+        });
+    // odl_model_update: the publisher's HTTP routes (/v1/versions) merge in here.
+    let app = http::router(store, shard);
+    let http_stop = shutdown.clone();
+    let http = async move {
+        axum::serve(listeners.http, app)
+            .with_graceful_shutdown(async move { http_stop.cancelled().await })
+            .await
+    };
+    let (g, h) = tokio::join!(
+        async {
+            let r = grpc.await;
+            shutdown.cancel();
+            r
+        },
+        async {
+            let r = http.await;
+            shutdown.cancel();
+            r
+        }
+    );
+    g.map_err(|e| PsError::Internal(format!("gRPC server: {e}")))?;
+    h.map_err(|source| PsError::Io {
+        context: "HTTP server".into(),
+        source,
+    })?;
+    Ok(())
+}

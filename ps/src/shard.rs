@@ -1,0 +1,151 @@
+//! `odl ps`: one shard's lifecycle. [`Shard::open`] builds the store — resuming from
+//! the shard's own checkpoint if there is one, else warm-starting from the configured
+//! checkpoints (re-sharded on load), else empty — and [`Shard::run`] serves it while
+//! checkpointing every `checkpoint_interval_secs` and sweeping TTL-expired rows, then
+//! writes a last checkpoint when the shutdown token is cancelled (SIGINT/SIGTERM).
+
+use crate::checkpoint;
+use crate::config::PsConfig;
+use crate::error::{PsError, Result};
+use crate::local::LocalStore;
+use crate::routing::ShardId;
+use crate::server::{self, Listeners};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+/// Where the store's parameters came from, for the startup log and tests.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Origin {
+    Empty,
+    /// Resumed from the shard's own checkpoint.
+    Resumed(PathBuf),
+    /// Warm-started from these checkpoints.
+    WarmStart(Vec<PathBuf>),
+}
+
+pub struct Shard {
+    config: PsConfig,
+    id: ShardId,
+    store: Arc<LocalStore>,
+    origin: Origin,
+}
+
+impl Shard {
+    /// Validates the config and loads the store (blocking: a large checkpoint takes a
+    /// while; call before serving).
+    pub fn open(config: PsConfig) -> Result<Shard> {
+        config.validate()?;
+        let id = config
+            .shard()
+            .ok_or_else(|| PsError::invalid("config: bad shard index/count"))?;
+        let store = LocalStore::new(config.store_options());
+        let origin = match config.checkpoint_dir() {
+            Some(dir) if checkpoint::exists(dir) => {
+                store.load_from(dir)?;
+                Origin::Resumed(dir.to_path_buf())
+            }
+            _ if !config.warm_start.is_empty() => {
+                for d in &config.warm_start {
+                    store.load_from(d)?;
+                }
+                Origin::WarmStart(config.warm_start.clone())
+            }
+            _ => Origin::Empty,
+        };
+        Ok(Shard {
+            config,
+            id,
+            store: Arc::new(store),
+            origin,
+        })
+    }
+
+    pub fn store(&self) -> Arc<LocalStore> {
+        self.store.clone()
+    }
+
+    pub fn origin(&self) -> &Origin {
+        &self.origin
+    }
+
+    pub fn id(&self) -> ShardId {
+        self.id
+    }
+
+    /// Serves until `shutdown` is cancelled, then writes a final checkpoint.
+    pub async fn run(self, listeners: Listeners, shutdown: CancellationToken) -> Result<()> {
+        let interval = Duration::from_secs(self.config.checkpoint_interval_secs);
+        let mut tasks = tokio::task::JoinSet::new();
+        if let Some(dir) = self.config.checkpoint_dir().map(|d| d.to_path_buf()) {
+            let store = self.store.clone();
+            let stop = shutdown.clone();
+            tasks.spawn(async move {
+                let mut tick =
+                    tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+                loop {
+                    tokio::select! {
+                        _ = stop.cancelled() => break,
+                        _ = tick.tick() => {
+                            // Failures are logged and retried at the next tick: serving goes on.
+                            let _ = save(store.clone(), dir.clone()).await;
+                        }
+                    }
+                }
+            });
+        }
+        if let Some(ttl) = self.store.options().ttl {
+            let store = self.store.clone();
+            let stop = shutdown.clone();
+            let every = (ttl / 10).clamp(Duration::from_secs(1), Duration::from_secs(60));
+            tasks.spawn(async move {
+                let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+                loop {
+                    tokio::select! {
+                        _ = stop.cancelled() => break,
+                        _ = tick.tick() => {
+                            let s = store.clone();
+                            if let Ok(n) = tokio::task::spawn_blocking(move || s.evict_expired()).await {
+                                if n > 0 {
+                                    tracing::info!(rows = n, "evicted rows past their ttl");
+                                }
+                            }
+                        }
+                    }
+                }
+            });
+        }
+        let served = server::serve(self.store.clone(), self.id, listeners, shutdown.clone()).await;
+        shutdown.cancel();
+        while tasks.join_next().await.is_some() {}
+        let saved = match self.config.checkpoint_dir() {
+            Some(dir) => save(self.store.clone(), dir.to_path_buf())
+                .await
+                .map(|_| ()),
+            None => Ok(()),
+        };
+        served?;
+        saved
+    }
+}
+
+/// Writes a checkpoint off the async threads and logs the outcome.
+async fn save(store: Arc<LocalStore>, dir: PathBuf) -> Result<()> {
+    let t0 = Instant::now();
+    let d = dir.clone();
+    let r = tokio::task::spawn_blocking(move || store.save_checkpoint(&d))
+        .await
+        .map_err(|e| PsError::Internal(format!("checkpoint task: {e}")))
+        .and_then(|r| r);
+    match &r {
+        Ok(m) => tracing::info!(
+            dir = %dir.display(),
+            rows = m.rows.values().sum::<u64>(),
+            ms = t0.elapsed().as_millis() as u64,
+            "checkpoint written"
+        ),
+        Err(e) => tracing::error!(dir = %dir.display(), error = %e, "checkpoint failed"),
+    }
+    r.map(|_| ())
+}
