@@ -154,7 +154,7 @@ impl Publisher {
         let changes = self.source.take_changes();
         let content = Content {
             schema: Some(self.source.schema()),
-            model_config: self.model_config.clone(),
+            model_config: self.source.model_config().unwrap_or_else(|| self.model_config.clone()),
             dense: self.source.dense_snapshot()?,
             rows: self.source.full_rows()?,
         };
@@ -484,6 +484,30 @@ mod tests {
         // In-memory sources cannot rebase: the error surfaces, the hold stays.
         assert!(p.rebase(Path::new("/nonexistent")).is_err());
         assert!(p.publish_sparse().unwrap().is_none());
+    }
+
+    #[test]
+    fn the_local_store_publishes_changed_rows_with_the_weights_it_serves() {
+        use odl_proto::hashing::FeatureId;
+        use odl_proto::params::ParamRead;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(crate::LocalStore::default());
+        store.declare_schema(&schema()).unwrap();
+        store.push_rows("emb", &[FeatureId(1), FeatureId(2)], &[0.5, -0.5, 1.0, 1.0]).unwrap();
+        let cfg = PublishConfig { global_auc_threshold: 0.0, current_auc_threshold: 0.0, ..Default::default() };
+        let p = Publisher::open(cfg, dir.path(), store.clone()).unwrap();
+        let full = p.cut_full(FullCause::WarmStart).unwrap();
+        assert_eq!(full.record.rows, 2);
+        let c = payload::decode(&p.registry().payload(full.version()).unwrap()).unwrap();
+        assert_eq!(c.schema.as_ref().unwrap().tables[0].name, "emb");
+        assert_eq!(c.dense.len(), 1);
+        store.push_rows("emb", &[FeatureId(3)], &[0.25, 0.25]).unwrap();
+        let s = p.publish_sparse().unwrap().unwrap();
+        let c = payload::decode(&p.registry().payload(s.version()).unwrap()).unwrap();
+        assert_eq!(c.rows[0].keys, vec![3]);
+        let mut want = [0f32; 2];
+        store.pull_sparse("emb", &[FeatureId(3)], &mut want).unwrap();
+        assert_eq!(c.rows[0].values, want.to_vec());
     }
 
     #[tokio::test]

@@ -14,13 +14,12 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 use std::sync::Mutex;
 
-/// Keys of one table changed since the previous take.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct TableChanges {
-    pub table: String,
-    pub upserted: Vec<FeatureId>,
-    pub deleted: Vec<FeatureId>,
-}
+pub use crate::local::TableChanges;
+use crate::local::{Changes, LocalStore};
+
+/// The checkpoint attribute holding the model config (JSON or TOML text, fields
+/// resolved) that travels with full versions so serving builds the trained model.
+pub const MODEL_CONFIG_ATTRIBUTE: &str = "model_config";
 
 pub trait PublishSource: Send + Sync + 'static {
     fn schema(&self) -> ModelSchema;
@@ -38,6 +37,59 @@ pub trait PublishSource: Send + Sync + 'static {
     fn progress(&self) -> TrainProgress;
     /// Replace the parameters with a batch checkpoint while training continues.
     fn rebase(&self, checkpoint: &Path) -> Result<()>;
+    /// The model config the store was given (by its checkpoint or a trainer), if any.
+    fn model_config(&self) -> Option<String> {
+        None
+    }
+}
+
+impl PublishSource for LocalStore {
+    fn schema(&self) -> ModelSchema {
+        LocalStore::schema(self)
+    }
+
+    fn take_changes(&self) -> Vec<TableChanges> {
+        LocalStore::take_changes(self).tables
+    }
+
+    fn restore_changes(&self, changes: &[TableChanges]) {
+        LocalStore::restore_changes(self, Changes { tables: changes.to_vec() })
+    }
+
+    fn read_rows(&self, table: &str, keys: &[FeatureId]) -> Result<(Vec<FeatureId>, Vec<f32>)> {
+        let b = LocalStore::read_rows(self, table, keys).map_err(|e| PublishError::Source(e.to_string()))?;
+        Ok((b.keys, b.values))
+    }
+
+    fn dense_snapshot(&self) -> Result<Vec<(String, Vec<f32>)>> {
+        Ok(LocalStore::dense_snapshot(self))
+    }
+
+    fn full_rows(&self) -> Result<Vec<RowSet>> {
+        let mut sets: BTreeMap<String, RowSet> = BTreeMap::new();
+        for b in self.full_snapshot() {
+            let set = sets.entry(b.table.clone()).or_insert_with(|| RowSet {
+                table: b.table.clone(),
+                dim: b.dim,
+                ..Default::default()
+            });
+            set.keys.extend(b.keys.iter().map(|k| k.0));
+            set.values.extend_from_slice(&b.values);
+        }
+        Ok(sets.into_values().collect())
+    }
+
+    fn progress(&self) -> TrainProgress {
+        self.merged_progress()
+    }
+
+    fn rebase(&self, checkpoint: &Path) -> Result<()> {
+        self.load_from(checkpoint).map(|_| ()).map_err(|e| PublishError::Source(e.to_string()))
+    }
+
+    fn model_config(&self) -> Option<String> {
+        self.attribute(MODEL_CONFIG_ATTRIBUTE)
+    }
 }
 
 /// Parameters held in plain maps, with change tracking: for tests and benchmarks.

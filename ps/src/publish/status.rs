@@ -167,12 +167,13 @@ impl Registry {
                 inner.cache.pop_front();
             }
         }
-        self.store.flush()?;
         drop(guard);
+        // Subscribers stream from the in-memory copy while sled syncs to disk.
+        self.latest.send_replace(sv.version());
+        self.store.flush()?;
         if sv.is_full() {
             self.retain_after_full(sv.version())?;
         }
-        self.latest.send_replace(sv.version());
         Ok(sv)
     }
 
