@@ -73,8 +73,10 @@ struct ShardConn {
 struct Inner {
     opts: RemoteOptions,
     shards: Vec<ShardConn>,
-    /// The schema last declared, re-sent to a shard after it comes back.
+    /// The schema last declared (as sent, and parsed), re-sent to a shard after it
+    /// comes back and used to validate pushes before anything is sent.
     schema_json: RwLock<Option<Vec<u8>>>,
+    schema: RwLock<Option<ModelSchema>>,
     reconnects: AtomicU64,
     retries: AtomicU64,
 }
@@ -163,6 +165,7 @@ impl RemoteStore {
                 opts,
                 shards,
                 schema_json: RwLock::new(None),
+                schema: RwLock::new(None),
                 reconnects: AtomicU64::new(0),
                 retries: AtomicU64::new(0),
             }),
@@ -329,6 +332,68 @@ impl Inner {
     }
 }
 
+/// A push spans shards, and shards validate independently: a bad part would be
+/// refused by one shard after another applied its part. So everything checkable is
+/// checked here first, and a bad push reaches no shard.
+fn check_sparse_push(
+    schema: Option<&ModelSchema>,
+    table: &str,
+    keys: usize,
+    grads: &[f32],
+) -> params::Result<()> {
+    if let Some(i) = grads.iter().position(|g| !g.is_finite()) {
+        return Err(ParamError::Invalid(format!(
+            "push_sparse {table:?}: gradient {i} is not finite ({}); batch rejected",
+            grads[i]
+        )));
+    }
+    if let Some(schema) = schema {
+        let t = schema
+            .tables
+            .iter()
+            .find(|t| t.name == table)
+            .ok_or_else(|| ParamError::Invalid(format!("push_sparse: unknown table {table:?}")))?;
+        if grads.len() != keys * t.dim {
+            return Err(ParamError::Invalid(format!(
+                "push_sparse {table:?}: {} gradient floats for {keys} keys of dim {}",
+                grads.len(),
+                t.dim
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn check_dense_push(
+    schema: Option<&ModelSchema>,
+    grads: &[(String, Vec<f32>)],
+) -> params::Result<()> {
+    for (name, g) in grads {
+        if g.iter().any(|x| !x.is_finite()) {
+            return Err(ParamError::Invalid(format!(
+                "push_dense {name:?}: gradient is not finite"
+            )));
+        }
+        if let Some(schema) = schema {
+            let d = schema
+                .dense
+                .iter()
+                .find(|d| &d.name == name)
+                .ok_or_else(|| {
+                    ParamError::Invalid(format!("push_dense: unknown dense tensor {name:?}"))
+                })?;
+            if g.len() != d.init.len() {
+                return Err(ParamError::Invalid(format!(
+                    "push_dense {name:?}: gradient has {} values, tensor has {}",
+                    g.len(),
+                    d.init.len()
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// A batch of keys split by shard: per shard, its keys and their positions in the batch.
 fn split_keys(keys: &[FeatureId], n: usize) -> Vec<(usize, Vec<u64>, Vec<usize>)> {
     let mut per: Vec<(Vec<u64>, Vec<usize>)> = vec![(Vec::new(), Vec::new()); n];
@@ -455,9 +520,9 @@ impl ParamStore for RemoteStore {
     fn declare(&self, schema: &ModelSchema) -> params::Result<()> {
         let json = serde_json::to_vec(schema)
             .map_err(|e| ParamError::Invalid(format!("schema does not serialize: {e}")))?;
-        *self.inner.schema_json.write() = Some(json.clone());
         let shards = self.shard_count() as u32;
         let inner = self.inner.clone();
+        let sent = json.clone();
         self.block(async move {
             inner
                 .fan_out((0..shards as usize).collect(), move |inner, i| {
@@ -476,6 +541,8 @@ impl ParamStore for RemoteStore {
                 })
                 .await
         })?;
+        *self.inner.schema_json.write() = Some(sent);
+        *self.inner.schema.write() = Some(schema.clone());
         Ok(())
     }
 
@@ -490,6 +557,7 @@ impl ParamStore for RemoteStore {
                 keys.len()
             )));
         }
+        check_sparse_push(self.inner.schema.read().as_ref(), table, keys.len(), grads)?;
         let dim = grads.len() / keys.len();
         let parts = split_keys(keys, self.shard_count());
         let which: Vec<usize> = parts.iter().map(|p| p.0).collect();
@@ -535,6 +603,7 @@ impl ParamStore for RemoteStore {
     }
 
     fn push_dense(&self, grads: &[(String, Vec<f32>)]) -> params::Result<()> {
+        check_dense_push(self.inner.schema.read().as_ref(), grads)?;
         let n = self.shard_count() as u32;
         let mut per: Vec<Vec<rpc::DenseTensor>> = vec![Vec::new(); n as usize];
         for (name, g) in grads {

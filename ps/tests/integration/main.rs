@@ -2,5 +2,6 @@
 //! checkpoints, and the gRPC server with its remote client.
 
 mod checkpoint;
+mod server;
 mod store;
 mod util;
