@@ -28,8 +28,8 @@ pub struct PsConfig {
     pub ttl_secs: u64,
     pub min_count: u32,
     pub lock_shards: usize,
-    // odl_model_update: helper S adds `pub odl_model_update: crate::publish::PublishConfig`
-    // here (and its block to configs/ps.toml); the shard service starts the publisher.
+    /// Publishing to serving nodes (PUBLISH.md); documented in `configs/ps.toml`.
+    pub odl_model_update: crate::publish::PublishConfig,
 }
 
 impl PsConfig {
@@ -56,6 +56,9 @@ impl PsConfig {
         if self.lock_shards == 0 || self.lock_shards > 4096 {
             return Err(PsError::invalid("config: lock_shards must be in 1..=4096"));
         }
+        self.odl_model_update
+            .validate()
+            .map_err(|e| PsError::invalid(format!("config: {e}")))?;
         Ok(())
     }
 

@@ -116,7 +116,31 @@ impl Shard {
                 }
             });
         }
-        let served = server::serve(self.store.clone(), self.id, listeners, shutdown.clone()).await;
+        let publisher = match self.open_publisher() {
+            Ok(p) => p,
+            Err(e) => {
+                shutdown.cancel();
+                while tasks.join_next().await.is_some() {}
+                return Err(e);
+            }
+        };
+        if let Some(p) = publisher.clone() {
+            let stop = shutdown.clone();
+            tasks.spawn(async move {
+                if let Err(e) = p.run(stop.clone()).await {
+                    tracing::error!(error = %e, "publisher failed");
+                    stop.cancel();
+                }
+            });
+        }
+        let served = server::serve_with_publisher(
+            self.store.clone(),
+            self.id,
+            listeners,
+            shutdown.clone(),
+            publisher,
+        )
+        .await;
         shutdown.cancel();
         while tasks.join_next().await.is_some() {}
         let saved = match self.config.checkpoint_dir() {
@@ -127,6 +151,28 @@ impl Shard {
         };
         served?;
         saved
+    }
+}
+
+impl Shard {
+    /// The publisher of `odl_model_update` (PUBLISH.md), its versions in
+    /// `extensions.store_dir`, else next to the checkpoint directory.
+    fn open_publisher(&self) -> Result<Option<Arc<crate::publish::Publisher>>> {
+        let cfg = &self.config.odl_model_update;
+        let dir = if !cfg.extensions.store_dir.is_empty() {
+            PathBuf::from(&cfg.extensions.store_dir)
+        } else if let Some(c) = self.config.checkpoint_dir() {
+            let mut d = c.as_os_str().to_owned();
+            d.push("-versions");
+            PathBuf::from(d)
+        } else {
+            let d = std::env::temp_dir().join(format!("odl-ps-versions-{}", std::process::id()));
+            tracing::warn!(dir = %d.display(), "no checkpoint_dir nor store_dir: version history is not kept across restarts");
+            d
+        };
+        let p = crate::publish::Publisher::open(cfg.clone(), &dir, self.store.clone())
+            .map_err(|e| PsError::Internal(format!("publisher: {e}")))?;
+        Ok(Some(p))
     }
 }
 

@@ -28,9 +28,35 @@ pub struct PsArgs {
     /// Overrides `warm_start` (repeat for several checkpoint directories).
     #[arg(long)]
     pub warm_start: Vec<PathBuf>,
+    /// Operator calls to a running PS instead of running one.
+    #[command(subcommand)]
+    pub action: Option<PsAction>,
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum PsAction {
+    /// Load a new batch checkpoint into a running PS while training continues and cut
+    /// it as a new full version (PUBLISH.md); prints the version as JSON.
+    Rebase {
+        /// Batch checkpoint directory (as `odl train --checkpoint-out` writes it).
+        #[arg(long)]
+        checkpoint: PathBuf,
+        /// The PS's gRPC address.
+        #[arg(long, default_value = "http://127.0.0.1:8601")]
+        grpc: String,
+    },
 }
 
 pub fn run(args: PsArgs) -> anyhow::Result<()> {
+    if let Some(PsAction::Rebase { checkpoint, grpc }) = &args.action {
+        let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+        let v = rt
+            .block_on(odl_ps::publish::client::rebase(grpc, checkpoint))
+            .map_err(anyhow::Error::msg)?;
+        let out = serde_json::json!({"version": v.version, "kind": v.kind, "status": v.status});
+        println!("{out}");
+        return Ok(());
+    }
     let mut config = PsConfig::load(args.config.as_deref()).context("bad ps config")?;
     if let Some(a) = args.grpc_addr {
         config.grpc_addr = a;

@@ -8,6 +8,7 @@
 //! tracker turns confirmations and timeouts into `FINISHED` / `SWITCH_TIMEOUT`.
 //!
 //! Where things live:
+//! - [`client`]: `odl ps rebase`, the operator call;
 //! - [`config`]: the `odl_model_update` block (PUBLISH.md keys) and our extensions;
 //! - [`partition`]: `div` / `mod` partitioning of sparse keys;
 //! - [`payload`]: what a version carries and how it is chunked on the wire;
@@ -19,6 +20,7 @@
 //! - [`service`]: the gRPC `Publisher` service;
 //! - [`http`]: `GET /v1/versions`, `GET /v1/versions/{n}`, rollback.
 
+pub mod client;
 pub mod config;
 pub mod gates;
 pub mod http;

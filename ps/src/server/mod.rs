@@ -65,6 +65,18 @@ pub async fn serve(
     listeners: Listeners,
     shutdown: CancellationToken,
 ) -> Result<()> {
+    serve_with_publisher(store, shard, listeners, shutdown, None).await
+}
+
+/// [`serve`], plus the publisher's gRPC service (`odl.publish.Publisher`) and HTTP
+/// routes (`/v1/versions`) when `publisher` is given.
+pub async fn serve_with_publisher(
+    store: Arc<LocalStore>,
+    shard: ShardId,
+    listeners: Listeners,
+    shutdown: CancellationToken,
+    publisher: Option<Arc<crate::publish::Publisher>>,
+) -> Result<()> {
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<ParameterServerServer<grpc::PsService>>()
@@ -76,12 +88,18 @@ pub async fn serve(
     let grpc = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(ps)
-        // odl_model_update: the publisher's gRPC service is added here (helper S).
+        .add_optional_service(
+            publisher
+                .clone()
+                .map(|p| crate::publish::service::PublishService::new(p).into_server()),
+        )
         .serve_with_incoming_shutdown(TcpListenerStream::new(listeners.grpc), async move {
             grpc_stop.cancelled().await
         });
-    // odl_model_update: the publisher's HTTP routes (/v1/versions) merge in here.
-    let app = http::router(store, shard);
+    let mut app = http::router(store, shard);
+    if let Some(p) = publisher {
+        app = app.merge(crate::publish::http::router(p));
+    }
     let http_stop = shutdown.clone();
     let http = async move {
         axum::serve(listeners.http, app)
