@@ -8,10 +8,13 @@
 
 use anyhow::{bail, Context};
 use odl_proto::params::ParamStore;
+use odl_ps::remote::{RemoteOptions, RemoteStore};
 use odl_ps::LocalStore;
 use odl_trainer::train::{resolve_fields, run_file, Report, RunOptions, RunStats};
+use odl_trainer::worker_config::{parse_share, TrainerConfig};
 use odl_trainer::{Model, ModelConfig};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// The checkpoint attribute holding the model config (JSON of `ModelConfig`).
 pub const MODEL_CONFIG_ATTRIBUTE: &str = "model_config";
@@ -31,9 +34,9 @@ pub struct TrainArgs {
     /// Write a checkpoint (with the model config) here at the end.
     #[arg(long)]
     pub checkpoint_out: Option<PathBuf>,
-    /// Passes over the samples file.
-    #[arg(long, default_value_t = 1)]
-    pub epochs: usize,
+    /// Passes over the samples file (default 1).
+    #[arg(long)]
+    pub epochs: Option<usize>,
     /// Where to write report.json.
     #[arg(long)]
     pub report: Option<PathBuf>,
@@ -107,7 +110,7 @@ pub fn train_file(args: &TrainArgs, samples: &Path) -> anyhow::Result<(Report, R
         .context("the model does not fit the warm-start checkpoint")?;
     let opts = RunOptions {
         learn: true,
-        epochs: args.epochs,
+        epochs: args.epochs.unwrap_or(1),
         threads: args.threads.max(1),
         share,
         ..RunOptions::default()
@@ -157,17 +160,6 @@ pub fn run_eval(args: EvalArgs) -> anyhow::Result<()> {
     finish(&report, &stats, Some(&args.report))
 }
 
-/// `i/n` with `i < n`.
-pub fn parse_share(s: &str) -> anyhow::Result<(usize, usize)> {
-    let parsed = s
-        .split_once('/')
-        .and_then(|(i, n)| Some((i.trim().parse().ok()?, n.trim().parse().ok()?)));
-    match parsed {
-        Some((i, n)) if i < n => Ok((i, n)),
-        _ => bail!("bad worker share `{s}`: expected i/n with 0 <= i < n"),
-    }
-}
-
 /// Write the report (atomically) and print a summary on stderr.
 pub fn finish(report: &Report, stats: &RunStats, path: Option<&Path>) -> anyhow::Result<()> {
     if stats.bad_lines > 0 {
@@ -213,7 +205,61 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Cluster mode: a worker against the PS shards over gRPC.
-fn run_worker(_args: TrainArgs) -> anyhow::Result<()> {
-    bail!("cluster mode needs odl_ps::RemoteStore, which is not available yet")
+/// Cluster mode: a worker against the PS shards over gRPC (`odl_ps::RemoteStore`,
+/// which retries an unavailable shard and re-declares the schema when it is back).
+fn run_worker(args: TrainArgs) -> anyhow::Result<()> {
+    let mut tc = TrainerConfig::load(args.config.as_deref()).context("bad trainer config")?;
+    if let Some(s) = &args.samples {
+        tc.samples = s.display().to_string();
+    }
+    if let Some(m) = &args.model_config {
+        tc.model_config = m.display().to_string();
+    }
+    if let Some(w) = &args.worker {
+        tc.worker = w.clone();
+    }
+    if let Some(r) = &args.report {
+        tc.report = r.display().to_string();
+    }
+    if let Some(e) = args.epochs {
+        tc.epochs = e;
+    }
+    tc.validate().context("bad trainer config")?;
+    let share = tc.share()?;
+    let samples = PathBuf::from(&tc.samples);
+    if !samples.is_file() {
+        bail!("cannot read samples file {}", samples.display());
+    }
+    let model_path = (!tc.model_config.is_empty()).then(|| PathBuf::from(&tc.model_config));
+    let mut cfg = ModelConfig::load(model_path.as_deref()).context("bad model config")?;
+    resolve_fields(&mut cfg, &samples)?;
+    let model = Model::from_config(&cfg).context("bad model config")?;
+    let retry = Duration::from_secs(tc.retry_deadline_secs);
+    let mut ropts = RemoteOptions::new(tc.ps.clone(), format!("worker-{}-of-{}", share.0, share.1));
+    ropts.retry_deadline = retry;
+    let store = RemoteStore::connect(ropts).context("cannot set up the PS client")?;
+    store
+        .declare(model.schema())
+        .context("cannot declare the model on the PS shards")?;
+    eprintln!(
+        "odl train worker {}/{} ready: {} shards",
+        share.0,
+        share.1,
+        store.shard_count()
+    );
+    let opts = RunOptions {
+        learn: true,
+        epochs: tc.epochs,
+        threads: tc.threads,
+        dense_refresh_batches: tc.dense_refresh_batches,
+        share,
+        progress_interval: Duration::from_secs(tc.progress_interval_secs),
+        retry_deadline: retry,
+    };
+    let (report, mut stats) = run_file(&model, &store, &samples, &opts)
+        .with_context(|| format!("training on {} failed", samples.display()))?;
+    stats.retries += store.retries();
+    eprintln!("reconnects: {}", store.reconnects());
+    let path = (!tc.report.is_empty()).then(|| PathBuf::from(&tc.report));
+    finish(&report, &stats, path.as_deref())
 }

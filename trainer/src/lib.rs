@@ -8,6 +8,7 @@
 //! - [`eval`]: progressive-validation AUC and logloss, global and windowed.
 //! - [`train`]: the training loop over a [`ParamStore`](odl_proto::params::ParamStore)
 //!   (file mode and cluster workers) and its report.
+//! - [`worker_config`]: a cluster worker's configuration (`configs/trainer.toml`).
 
 pub mod config;
 pub mod error;
@@ -17,6 +18,7 @@ pub mod features;
 pub mod model;
 pub mod nn;
 pub mod train;
+pub mod worker_config;
 
 pub use config::ModelConfig;
 pub use error::{Result, TrainError};

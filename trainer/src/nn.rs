@@ -84,6 +84,17 @@ impl Linear {
     pub fn forward(&self, p: &Params, x: ArrayView2<f32>) -> Result<Array2<f32>> {
         let w = view2(&p.dense[self.w], self.n_in, self.n_out)?;
         let b = view2(&p.dense[self.b], 1, self.n_out)?;
+        if self.n_out == 1 {
+            // A GEMM with one output column is all packing: plain dot products.
+            let (w, b) = (&p.dense[self.w], p.dense[self.b][0]);
+            let col: Vec<f32> = x
+                .rows()
+                .into_iter()
+                .map(|r| b + r.iter().zip(w).map(|(a, b)| a * b).sum::<f32>())
+                .collect();
+            return Array2::from_shape_vec((x.nrows(), 1), col)
+                .map_err(|e| TrainError::Shape(e.to_string()));
+        }
         let mut y = Array2::<f32>::zeros((x.nrows(), self.n_out));
         y.assign(
             &b.broadcast((x.nrows(), self.n_out))
@@ -102,6 +113,26 @@ impl Linear {
         g: &mut Grads,
         want_dx: bool,
     ) -> Result<Option<Array2<f32>>> {
+        if self.n_out == 1 {
+            let w = &p.dense[self.w];
+            if w.len() != self.n_in || g.dense[self.w].len() != self.n_in {
+                return Err(TrainError::Shape(format!("layer of {} inputs", self.n_in)));
+            }
+            let mut dx = want_dx.then(|| Array2::<f32>::zeros((x.nrows(), self.n_in)));
+            for (i, (xr, &d)) in x.rows().into_iter().zip(dy.column(0)).enumerate() {
+                g.dense[self.b][0] += d;
+                for (gw, xv) in g.dense[self.w].iter_mut().zip(xr) {
+                    *gw += d * xv;
+                }
+                if let Some(dx) = dx.as_mut() {
+                    dx.row_mut(i)
+                        .iter_mut()
+                        .zip(w)
+                        .for_each(|(o, wv)| *o = d * wv);
+                }
+            }
+            return Ok(dx);
+        }
         {
             let mut dw = view2_mut(&mut g.dense[self.w], self.n_in, self.n_out)?;
             general_mat_mul(1.0, &x.t(), &dy, 1.0, &mut dw);
@@ -120,11 +151,22 @@ impl Linear {
 }
 
 pub fn relu_inplace(a: &mut Array2<f32>) {
-    a.mapv_inplace(|v| v.max(0.0));
+    match a.as_slice_mut() {
+        Some(s) => s.iter_mut().for_each(|v| *v = v.max(0.0)),
+        None => a.mapv_inplace(|v| v.max(0.0)),
+    }
 }
 
 /// `d *= (a > 0)` where `a` is the ReLU's output.
 pub fn relu_backward(d: &mut Array2<f32>, a: &Array2<f32>) {
+    if let (Some(ds), Some(as_)) = (d.as_slice_mut(), a.as_slice()) {
+        for (d, &a) in ds.iter_mut().zip(as_) {
+            if a <= 0.0 {
+                *d = 0.0
+            }
+        }
+        return;
+    }
     ndarray::Zip::from(d).and(a).for_each(|d, &a| {
         if a <= 0.0 {
             *d = 0.0

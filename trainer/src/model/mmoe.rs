@@ -8,11 +8,13 @@
 use super::{LossGrad, SchemaBuilder};
 use crate::config::ModelConfig;
 use crate::error::Result;
+use crate::error::TrainError;
 use crate::features::Batch;
 use crate::nn::{
     input_matrix, relu_backward, relu_inplace, scatter_pooled, Grads, Init, Linear, Params,
 };
-use ndarray::{s, Array2, Axis};
+use ndarray::linalg::general_mat_mul;
+use ndarray::{Array2, Axis};
 
 pub(crate) struct Mmoe {
     dim: usize,
@@ -69,6 +71,26 @@ impl Mmoe {
         }
     }
 
+    /// `[experts.w | gates.w]` row by row (`in × (E·U + T·E)`) and the joint bias, so
+    /// both read the input in one GEMM.
+    fn fused_weights(&self, p: &Params) -> Result<(Array2<f32>, Vec<f32>)> {
+        let (we, wg) = (&p.dense[self.experts.w], &p.dense[self.gates.w]);
+        let (ce, cg, n_in) = (self.experts.n_out, self.gates.n_out, self.experts.n_in);
+        if we.len() != n_in * ce || wg.len() != n_in * cg {
+            return Err(TrainError::Shape("mmoe expert/gate weights".into()));
+        }
+        let mut w = Vec::with_capacity(n_in * (ce + cg));
+        for r in 0..n_in {
+            w.extend_from_slice(&we[r * ce..(r + 1) * ce]);
+            w.extend_from_slice(&wg[r * cg..(r + 1) * cg]);
+        }
+        let mut b = p.dense[self.experts.b].clone();
+        b.extend_from_slice(&p.dense[self.gates.b]);
+        let w = Array2::from_shape_vec((n_in, ce + cg), w)
+            .map_err(|e| TrainError::Shape(e.to_string()))?;
+        Ok((w, b))
+    }
+
     pub(crate) fn run(
         &self,
         batch: &Batch,
@@ -76,34 +98,52 @@ impl Mmoe {
         dloss: Option<LossGrad>,
     ) -> Result<(Vec<Vec<f32>>, Option<Grads>)> {
         let (b, ne, u) = (batch.len, self.n_experts, self.units);
+        let (ce, cg) = (self.experts.n_out, self.gates.n_out);
+        let cols = ce + cg;
         let x = input_matrix(batch, &p.tables[self.emb], self.dim)?;
-        let mut h = self.experts.forward(p, x.view())?;
-        relu_inplace(&mut h);
-        let mut gate = self.gates.forward(p, x.view())?;
-        // Softmax per (sample, task) over the experts, in place.
-        for mut row in gate.axis_iter_mut(Axis(0)) {
-            for t in 0..self.towers.len() {
-                let mut g = row.slice_mut(s![t * ne..(t + 1) * ne]);
-                let m = g.fold(f32::NEG_INFINITY, |a, &v| a.max(v));
-                g.mapv_inplace(|v| (v - m).exp());
-                let sum = g.sum();
-                g.mapv_inplace(|v| v / sum);
+        let (w, bias) = self.fused_weights(p)?;
+        let mut y = Array2::<f32>::zeros((b, cols));
+        {
+            let ys = y
+                .as_slice_mut()
+                .ok_or_else(|| TrainError::Shape("layout".into()))?;
+            for row in ys.chunks_exact_mut(cols) {
+                row.copy_from_slice(&bias);
             }
         }
+        general_mat_mul(1.0, &x, &w, 1.0, &mut y);
+        // Per row: ReLU on the experts, softmax per task over the gate logits.
+        let ys = y
+            .as_slice_mut()
+            .ok_or_else(|| TrainError::Shape("layout".into()))?;
+        for row in ys.chunks_exact_mut(cols) {
+            let (h, g) = row.split_at_mut(ce);
+            h.iter_mut().for_each(|v| *v = v.max(0.0));
+            for gt in g.chunks_exact_mut(ne) {
+                let m = gt.iter().fold(f32::NEG_INFINITY, |a, &v| a.max(v));
+                let mut sum = 0.0;
+                for v in gt.iter_mut() {
+                    *v = (*v - m).exp();
+                    sum += *v;
+                }
+                gt.iter_mut().for_each(|v| *v /= sum);
+            }
+        }
+        let ys: &[f32] = ys;
         let mut logits = Vec::with_capacity(self.towers.len());
-        // Per task: mixed expert output and tower activations.
         let mut caches = Vec::with_capacity(self.towers.len());
         for (t, (layers, out)) in self.towers.iter().enumerate() {
-            let mut mix = Array2::<f32>::zeros((b, u));
-            for i in 0..b {
-                let hr = h.row(i);
-                let mut mr = mix.row_mut(i);
-                for e in 0..ne {
-                    let w = gate[[i, t * ne + e]];
-                    let he = hr.slice(s![e * u..(e + 1) * u]);
-                    mr.scaled_add(w, &he);
+            let mut mix = vec![0f32; b * u];
+            for (row, m) in ys.chunks_exact(cols).zip(mix.chunks_exact_mut(u)) {
+                let gates = &row[ce + t * ne..ce + (t + 1) * ne];
+                for (e, &gv) in gates.iter().enumerate() {
+                    for (mv, hv) in m.iter_mut().zip(&row[e * u..(e + 1) * u]) {
+                        *mv += gv * hv;
+                    }
                 }
             }
+            let mix = Array2::from_shape_vec((b, u), mix)
+                .map_err(|e| TrainError::Shape(e.to_string()))?;
             let mut acts: Vec<Array2<f32>> = Vec::with_capacity(layers.len());
             for layer in layers {
                 let input = acts.last().unwrap_or(&mix).view();
@@ -120,11 +160,10 @@ impl Mmoe {
         };
         let dz = dloss(&logits);
         let mut g = Grads::zeros_like(p);
-        let mut dh = Array2::<f32>::zeros(h.dim());
-        let mut dgate = Array2::<f32>::zeros(gate.dim());
+        let mut dy = vec![0f32; b * cols];
         for (t, ((layers, out), (mix, acts))) in self.towers.iter().zip(&caches).enumerate() {
             let dzt = Array2::from_shape_vec((b, 1), dz[t].clone())
-                .map_err(|e| crate::error::TrainError::Shape(e.to_string()))?;
+                .map_err(|e| TrainError::Shape(e.to_string()))?;
             let mut dcur = out.backward(
                 p,
                 acts.last().unwrap_or(mix).view(),
@@ -143,37 +182,60 @@ impl Mmoe {
                 dcur = layer.backward(p, input, da.view(), &mut g, true)?;
             }
             let Some(dmix) = dcur else { continue };
-            // mix_i = Σ_e g_ie h_ie: ∂h_ie += g_ie ∂mix_i; ∂g_ie = <∂mix_i, h_ie>;
-            // then through the softmax: ∂a_ie = g_ie (∂g_ie − Σ_e' g_ie' ∂g_ie').
-            for i in 0..b {
-                let dm = dmix.row(i);
+            let dms = dmix
+                .as_slice()
+                .ok_or_else(|| TrainError::Shape("layout".into()))?;
+            // mix = Σ_e g_e h_e: ∂h_e += g_e ∂mix; ∂g_e = <∂mix, h_e>; then through the
+            // softmax: ∂a_e = g_e (∂g_e − Σ_e' g_e' ∂g_e').
+            for ((row, drow), dm) in ys
+                .chunks_exact(cols)
+                .zip(dy.chunks_exact_mut(cols))
+                .zip(dms.chunks_exact(u))
+            {
+                let gates = &row[ce + t * ne..ce + (t + 1) * ne];
                 let mut dgs = [0f32; 64];
                 // `experts` <= 64 is checked by `ModelConfig::validate`.
                 let dgs = &mut dgs[..ne];
-                for e in 0..ne {
-                    let w = gate[[i, t * ne + e]];
-                    let he = h.slice(s![i, e * u..(e + 1) * u]);
-                    dgs[e] = dm.dot(&he);
-                    dh.slice_mut(s![i, e * u..(e + 1) * u]).scaled_add(w, &dm);
+                let (dh, dg) = drow.split_at_mut(ce);
+                for (e, &gv) in gates.iter().enumerate() {
+                    let he = &row[e * u..(e + 1) * u];
+                    let mut dot = 0f32;
+                    for ((dhv, &hv), &dmv) in dh[e * u..(e + 1) * u].iter_mut().zip(he).zip(dm) {
+                        dot += dmv * hv;
+                        *dhv += gv * dmv;
+                    }
+                    dgs[e] = dot;
                 }
-                let dot: f32 = (0..ne).map(|e| gate[[i, t * ne + e]] * dgs[e]).sum();
-                for e in 0..ne {
-                    let gv = gate[[i, t * ne + e]];
-                    dgate[[i, t * ne + e]] = gv * (dgs[e] - dot);
+                let s: f32 = gates.iter().zip(dgs.iter()).map(|(a, b)| a * b).sum();
+                for (e, &gv) in gates.iter().enumerate() {
+                    dg[t * ne + e] = gv * (dgs[e] - s);
                 }
             }
         }
-        relu_backward(&mut dh, &h);
-        let mut dx = self
-            .experts
-            .backward(p, x.view(), dh.view(), &mut g, true)?
-            .unwrap_or_else(|| Array2::zeros(x.dim()));
-        if let Some(dxg) = self
-            .gates
-            .backward(p, x.view(), dgate.view(), &mut g, true)?
-        {
-            dx += &dxg;
+        // Through the experts' ReLU (h is the ReLU output).
+        for (row, drow) in ys.chunks_exact(cols).zip(dy.chunks_exact_mut(cols)) {
+            for (d, &h) in drow[..ce].iter_mut().zip(&row[..ce]) {
+                if h <= 0.0 {
+                    *d = 0.0;
+                }
+            }
         }
+        let dy =
+            Array2::from_shape_vec((b, cols), dy).map_err(|e| TrainError::Shape(e.to_string()))?;
+        let mut dw = Array2::<f32>::zeros((w.nrows(), cols));
+        general_mat_mul(1.0, &x.t(), &dy, 0.0, &mut dw);
+        let dws = dw
+            .as_slice()
+            .ok_or_else(|| TrainError::Shape("layout".into()))?;
+        for (r, row) in dws.chunks_exact(cols).enumerate() {
+            g.dense[self.experts.w][r * ce..(r + 1) * ce].copy_from_slice(&row[..ce]);
+            g.dense[self.gates.w][r * cg..(r + 1) * cg].copy_from_slice(&row[ce..]);
+        }
+        let db = dy.sum_axis(Axis(0));
+        g.dense[self.experts.b].copy_from_slice(&db.as_slice().unwrap_or(&[])[..ce]);
+        g.dense[self.gates.b].copy_from_slice(&db.as_slice().unwrap_or(&[])[ce..]);
+        let mut dx = Array2::<f32>::zeros(x.dim());
+        general_mat_mul(1.0, &dy, &w.t(), 0.0, &mut dx);
         scatter_pooled(batch, dx.view(), self.dim, &mut g.tables[self.emb]);
         Ok((logits, Some(g)))
     }
