@@ -533,3 +533,6 @@ fn render_dead_letter(out: &mut Vec<u8>, d: &DeadLetter) {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod reference_tests;

@@ -104,6 +104,10 @@ impl RecordSource for FileSource {
                 self.push_line(rest, &mut out);
                 continue;
             }
+            if !out.is_empty() {
+                // Hand out what is complete rather than block on a live pipe.
+                break;
+            }
             if !self.fill()? {
                 self.eof = true;
             }
