@@ -6,9 +6,10 @@
 //! (`Bytes`), so a record costs a reference count, not an allocation and a copy.
 
 use super::{Poll, Position, Record, RecordSink, RecordSource, Result, StreamError};
-use bytes::BytesMut;
+use bytes::{Buf, Bytes, BytesMut};
 use std::fs::File;
 use std::io::{BufWriter, Read, Write};
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TryRecvError};
 use std::time::Duration;
 
 /// Bytes asked of the reader per read; big enough that a read is rare per record.
@@ -17,13 +18,20 @@ const READ_BLOCK: usize = 1 << 20;
 const WRITE_BUFFER: usize = 1 << 20;
 
 /// A JSON Lines file (or stdin): one record per non-blank line, in file order.
+///
+/// A reader thread reads ahead and hands over blocks that end at a line boundary, so
+/// reading overlaps parsing and `poll` honours its timeout on a live pipe (returning
+/// `Idle`) instead of blocking in `read`.
 pub struct FileSource {
     name: String,
-    reader: Box<dyn Read + Send>,
-    buf: BytesMut,
-    eof: bool,
+    blocks: Receiver<std::io::Result<Bytes>>,
+    current: Bytes,
+    ended: bool,
     line: i64,
 }
+
+/// Blocks read ahead of the consumer.
+const READ_AHEAD: usize = 4;
 
 impl FileSource {
     /// Opens `path`, or standard input for `-`.
@@ -43,76 +51,120 @@ impl FileSource {
 
     /// Any reader, named `name` in errors (tests, pipes).
     pub fn from_reader(name: &str, reader: Box<dyn Read + Send>) -> Self {
-        FileSource { name: name.to_string(), reader, buf: BytesMut::new(), eof: false, line: 0 }
+        let (tx, rx) = sync_channel(READ_AHEAD);
+        let spawned =
+            std::thread::Builder::new().name("file-source".into()).spawn(move || read_blocks(reader, tx));
+        let (blocks, ended) = match spawned {
+            Ok(_) => (rx, false),
+            Err(e) => {
+                // No thread: report the failure as a read error on the first poll.
+                let (tx, rx) = sync_channel(1);
+                let _ = tx.send(Err(e));
+                (rx, false)
+            }
+        };
+        FileSource { name: name.to_string(), blocks, current: Bytes::new(), ended, line: 0 }
     }
 
-    /// Reads one more block; false at end of file.
-    fn fill(&mut self) -> Result<bool> {
-        let len = self.buf.len();
-        self.buf.reserve(READ_BLOCK);
-        self.buf.resize(len + READ_BLOCK, 0);
-        loop {
-            match self.reader.read(&mut self.buf[len..]) {
-                Ok(n) => {
-                    self.buf.truncate(len + n);
-                    return Ok(n > 0);
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(source) => {
-                    self.buf.truncate(len);
-                    return Err(StreamError::Io {
-                        what: "cannot read input",
-                        name: self.name.clone(),
-                        source,
-                    });
-                }
-            }
+    fn take_line(&mut self, out: &mut Vec<Record>) {
+        let end = memchr::memchr(b'\n', &self.current).unwrap_or(self.current.len());
+        let mut line = self.current.split_to(end);
+        if !self.current.is_empty() {
+            self.current.advance(1);
         }
-    }
-
-    fn push_line(&mut self, mut line: bytes::Bytes, out: &mut Vec<Record>) {
         self.line += 1;
-        while let Some(&last) = line.last() {
-            if last == b'\n' || last == b'\r' {
-                line.truncate(line.len() - 1);
-            } else {
-                break;
-            }
+        while line.last() == Some(&b'\r') {
+            line.truncate(line.len() - 1);
         }
         if line.iter().all(|b| b.is_ascii_whitespace()) {
             return;
         }
         out.push(Record { key: None, value: line, position: Position { partition: 0, offset: self.line } });
     }
+
+    fn accept(&mut self, block: std::io::Result<Bytes>) -> Result<()> {
+        match block {
+            Ok(b) => {
+                self.current = b;
+                Ok(())
+            }
+            Err(source) => {
+                self.ended = true;
+                Err(StreamError::Io { what: "cannot read input", name: self.name.clone(), source })
+            }
+        }
+    }
+}
+
+/// The reader thread: blocks of whole lines (the tail of the file may lack its newline).
+fn read_blocks(mut reader: Box<dyn Read + Send>, tx: SyncSender<std::io::Result<Bytes>>) {
+    let mut buf = BytesMut::with_capacity(READ_BLOCK);
+    loop {
+        let len = buf.len();
+        buf.resize(len + READ_BLOCK, 0);
+        let n = match reader.read(&mut buf[len..]) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {
+                buf.truncate(len);
+                continue;
+            }
+            Err(e) => {
+                let _ = tx.send(Err(e));
+                return;
+            }
+        };
+        buf.truncate(len + n);
+        if n == 0 {
+            if !buf.is_empty() {
+                let _ = tx.send(Ok(buf.split().freeze()));
+            }
+            return;
+        }
+        if let Some(last) = memchr::memrchr(b'\n', &buf[len..]) {
+            let block = buf.split_to(len + last + 1).freeze();
+            if tx.send(Ok(block)).is_err() {
+                return;
+            }
+            buf.reserve(READ_BLOCK);
+        }
+    }
 }
 
 impl RecordSource for FileSource {
-    fn poll(&mut self, max: usize, _timeout: Duration) -> Result<Poll> {
+    fn poll(&mut self, max: usize, timeout: Duration) -> Result<Poll> {
         let max = max.max(1);
         let mut out = Vec::with_capacity(max.min(8192));
         while out.len() < max {
-            if let Some(pos) = memchr::memchr(b'\n', &self.buf) {
-                let line = self.buf.split_to(pos + 1).freeze();
-                self.push_line(line, &mut out);
+            if !self.current.is_empty() {
+                self.take_line(&mut out);
                 continue;
             }
-            if self.eof {
-                if self.buf.is_empty() {
-                    break;
-                }
-                let rest = self.buf.split().freeze();
-                self.push_line(rest, &mut out);
-                continue;
-            }
-            if !out.is_empty() {
-                // Hand out what is complete rather than block on a live pipe.
+            if self.ended {
                 break;
             }
-            if !self.fill()? {
-                self.eof = true;
-            }
+            let next = if out.is_empty() {
+                match self.blocks.recv_timeout(timeout) {
+                    Ok(b) => b,
+                    Err(RecvTimeoutError::Timeout) => return Ok(Poll::Idle),
+                    Err(RecvTimeoutError::Disconnected) => {
+                        self.ended = true;
+                        break;
+                    }
+                }
+            } else {
+                // Never wait once there is something to hand out.
+                match self.blocks.try_recv() {
+                    Ok(b) => b,
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => {
+                        self.ended = true;
+                        break;
+                    }
+                }
+            };
+            self.accept(next)?;
         }
-        if out.is_empty() && self.eof && self.buf.is_empty() {
+        if out.is_empty() && self.ended && self.current.is_empty() {
             return Ok(Poll::End);
         }
         Ok(Poll::Records(out))
@@ -171,12 +223,12 @@ mod tests {
     fn all(src: &mut FileSource, max: usize) -> Vec<String> {
         let mut v = Vec::new();
         loop {
-            match src.poll(max, Duration::ZERO).unwrap() {
+            match src.poll(max, Duration::from_secs(5)).unwrap() {
                 Poll::Records(r) => {
                     v.extend(r.into_iter().map(|r| String::from_utf8(r.value.to_vec()).unwrap()))
                 }
                 Poll::End => return v,
-                Poll::Idle => panic!("files never idle"),
+                Poll::Idle => {}
             }
         }
     }
@@ -210,11 +262,26 @@ mod tests {
     }
 
     #[test]
+    fn live_pipe_is_idle_then_delivers_then_ends() {
+        let (r, mut w) = std::io::pipe().unwrap();
+        let mut s = FileSource::from_reader("pipe", Box::new(r));
+        assert!(matches!(s.poll(10, Duration::from_millis(10)).unwrap(), Poll::Idle));
+        w.write_all(b"one\ntw").unwrap();
+        match s.poll(10, Duration::from_secs(30)).unwrap() {
+            Poll::Records(r) => assert_eq!(r.len(), 1),
+            other => panic!("{other:?}"),
+        }
+        w.write_all(b"o\n").unwrap();
+        drop(w);
+        assert_eq!(all(&mut s, 10), vec!["two"]);
+    }
+
+    #[test]
     fn reading_a_directory_is_an_error_naming_it() {
         let dir = tempfile::tempdir().unwrap();
         let name = dir.path().to_str().unwrap();
         let mut s = FileSource::open(name).unwrap();
-        let e = s.poll(10, Duration::ZERO).err().unwrap().to_string();
+        let e = s.poll(10, Duration::from_secs(30)).err().unwrap().to_string();
         assert!(e.contains(name), "{e}");
     }
 
