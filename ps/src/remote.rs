@@ -18,7 +18,7 @@
 //!   [`ParamError::Internal`]; async code should wrap calls in `spawn_blocking`.
 
 use crate::routing::{shard_of_dense, shard_of_key};
-use crate::server::MAX_MESSAGE_BYTES;
+use crate::server::{MAX_MESSAGE_BYTES, WINDOW_BYTES};
 use odl_proto::hashing::FeatureId;
 use odl_proto::params::{self, ModelSchema, ParamError, ParamRead, ParamStore, TrainProgress};
 use odl_proto::ps_rpc as rpc;
@@ -148,7 +148,9 @@ impl RemoteStore {
                         .map_err(|e| ParamError::Invalid(format!("shard address {a:?}: {e}")))?
                         .connect_timeout(opts.connect_timeout)
                         .timeout(opts.request_timeout)
-                        .tcp_nodelay(true);
+                        .tcp_nodelay(true)
+                        .initial_stream_window_size(WINDOW_BYTES)
+                        .initial_connection_window_size(WINDOW_BYTES);
                     let client = ParameterServerClient::new(ep.connect_lazy())
                         .max_decoding_message_size(MAX_MESSAGE_BYTES)
                         .max_encoding_message_size(MAX_MESSAGE_BYTES);

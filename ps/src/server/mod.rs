@@ -21,6 +21,9 @@ use tokio_util::sync::CancellationToken;
 /// Largest gRPC message accepted or sent: a pull of 1M dim-16 rows is 64 MB.
 pub const MAX_MESSAGE_BYTES: usize = 256 << 20;
 
+/// HTTP/2 flow-control window (stream and connection) on both sides.
+pub const WINDOW_BYTES: u32 = 16 << 20;
+
 /// The two listening sockets of a shard, bound by the caller (port 0 is fine).
 pub struct Listeners {
     pub grpc: TcpListener,
@@ -57,6 +60,20 @@ impl Listeners {
     }
 }
 
+/// Accepted connections with Nagle's algorithm off: tonic's `tcp_nodelay` only applies
+/// to listeners it binds itself, and with Nagle on every small response waits for the
+/// peer's delayed ACK (~40 ms per call).
+fn incoming(
+    listener: TcpListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use tokio_stream::StreamExt;
+    TcpListenerStream::new(listener).map(|conn| {
+        let conn = conn?;
+        conn.set_nodelay(true)?;
+        Ok(conn)
+    })
+}
+
 /// Serves `store` as shard `shard` until `shutdown` is cancelled (or a server fails,
 /// which cancels the other).
 pub async fn serve(
@@ -86,6 +103,10 @@ pub async fn serve_with_publisher(
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let grpc_stop = shutdown.clone();
     let grpc = tonic::transport::Server::builder()
+        // Batches are hundreds of KB: HTTP/2's default 64 KB windows would cost a
+        // round trip per 64 KB.
+        .initial_stream_window_size(WINDOW_BYTES)
+        .initial_connection_window_size(WINDOW_BYTES)
         .add_service(health_service)
         .add_service(ps)
         .add_optional_service(
@@ -93,7 +114,7 @@ pub async fn serve_with_publisher(
                 .clone()
                 .map(|p| crate::publish::service::PublishService::new(p).into_server()),
         )
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listeners.grpc), async move {
+        .serve_with_incoming_shutdown(incoming(listeners.grpc), async move {
             grpc_stop.cancelled().await
         });
     let mut app = http::router(store, shard);
