@@ -2,9 +2,10 @@
 //! grpc_throughput -- [shards] [batch] [seconds]` serves `shards` shards in-process
 //! (their own runtime) and drives them with one `RemoteStore` from `threads` trainer
 //! threads (2), dim-16 Adagrad rows, batches of `batch` unique keys drawn from 1M.
+//! `shards = 0` measures the in-process `LocalStore` instead (file mode's store).
 
 use odl_proto::hashing::FeatureId;
-use odl_proto::params::{ModelSchema, Optimizer, ParamRead, ParamStore, TableSpec};
+use odl_proto::params::{ModelSchema, Optimizer, ParamStore, TableSpec};
 use odl_ps::server::{serve, Listeners};
 use odl_ps::{LocalStore, RemoteOptions, RemoteStore, ShardId, StoreOptions};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -39,7 +40,11 @@ fn main() {
         }));
         rt.spawn(serve(store, id, l, stop.clone()));
     }
-    let store = RemoteStore::connect(RemoteOptions::new(addrs, "bench")).expect("client");
+    let store: Box<dyn ParamStore> = if shards == 0 {
+        Box::new(LocalStore::default())
+    } else {
+        Box::new(RemoteStore::connect(RemoteOptions::new(addrs, "bench")).expect("client"))
+    };
     let schema = ModelSchema {
         tables: vec![TableSpec {
             name: "emb".into(),

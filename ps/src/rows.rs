@@ -1,10 +1,14 @@
 //! One lock shard of a sparse table: the rows of the keys that hash to it.
 //!
-//! Memory per row (dim 16, Adagrad): the 128-byte record in an [`Arena`], the 8-byte
-//! key and a 4-byte `meta` word in parallel arenas, and one `u32` slot plus one control
-//! byte per bucket of a `hashbrown::HashTable` (load factor 7/16..7/8) — about
-//! 146–152 bytes against the raw 136. The table stores slots, not keys; a lookup
-//! compares the probed slot's key in the key arena.
+//! Each row is one record of `u32` words in an [`Arena`]: `[key lo, key hi, meta,
+//! weights and optimizer state as f32 bits...]`. The hash index is a
+//! `hashbrown::HashTable<u32>` of slots, so a lookup probes the table and then checks
+//! the key in the record's first cache line — the line the values are read from anyway
+//! (a separate key array would cost one more cache miss per lookup).
+//!
+//! Memory per row (dim 16, Adagrad): 140 bytes of record (8 key + 4 meta + 128) plus one
+//! `u32` slot and one control byte per bucket (load factor 7/16..7/8): 146–152 bytes
+//! against the raw 136.
 //!
 //! `meta` packs the row's last update (seconds on the store clock, 31 bits) with a
 //! "changed since the last sparse publish" bit, so the publisher's change log costs no
@@ -15,6 +19,8 @@ use hashbrown::{HashMap, HashSet, HashTable};
 
 const DIRTY: u32 = 1 << 31;
 const TIME_MASK: u32 = DIRTY - 1;
+/// Words before the floats of a record: key (2) and meta (1).
+const HEADER: usize = 3;
 
 /// The index hash: keys are already xxh3 hashes, but a PS shard owns a contiguous key
 /// range (equal high bits) and a lock shard is chosen from other bits, so mix again.
@@ -27,9 +33,27 @@ pub fn mix(key: u64) -> u64 {
     z ^ (z >> 33)
 }
 
+#[inline]
+fn key_of(words: &[u32]) -> u64 {
+    words[0] as u64 | (words[1] as u64) << 32
+}
+
+#[inline]
+fn floats(words: &[u32]) -> &[f32] {
+    // SAFETY: u32 and f32 have the same size and alignment, and every bit pattern is
+    // a valid f32, so a [u32] may be viewed as a [f32] of the same length.
+    unsafe { std::slice::from_raw_parts(words.as_ptr().cast::<f32>(), words.len()) }
+}
+
+#[inline]
+fn floats_mut(words: &mut [u32]) -> &mut [f32] {
+    // SAFETY: as in `floats`; the borrow is exclusive.
+    unsafe { std::slice::from_raw_parts_mut(words.as_mut_ptr().cast::<f32>(), words.len()) }
+}
+
 /// What happened to a push's key in [`RowShard::upsert`].
 pub enum Upsert<'a> {
-    /// The row exists (or was just created); here is its record and meta word.
+    /// The row exists (or was just created); here is its record.
     Row(&'a mut [f32]),
     /// Not created yet: the key has been seen fewer than `min_count` times.
     Pending,
@@ -37,9 +61,9 @@ pub enum Upsert<'a> {
 
 pub struct RowShard {
     index: HashTable<u32>,
-    keys: Arena<u64>,
-    meta: Arena<u32>,
-    records: Arena<f32>,
+    records: Arena<u32>,
+    /// Assembles a new record's words.
+    build: Vec<u32>,
     /// `min_count` sightings of keys without a row yet: key -> (count, last seen).
     pending: HashMap<u64, (u32, u32)>,
     /// Keys evicted (or otherwise deleted) since the last sparse publish.
@@ -50,30 +74,30 @@ impl RowShard {
     pub fn new(record_len: usize) -> Self {
         RowShard {
             index: HashTable::new(),
-            keys: Arena::new(1),
-            meta: Arena::new(1),
-            records: Arena::new(record_len),
+            records: Arena::new(HEADER + record_len),
+            build: Vec::new(),
             pending: HashMap::new(),
             deleted: HashSet::new(),
         }
     }
 
     pub fn len(&self) -> usize {
-        self.keys.len()
+        self.records.len()
     }
 
     #[inline]
     fn find(&self, key: u64) -> Option<usize> {
-        let keys = &self.keys;
+        let records = &self.records;
         self.index
-            .find(mix(key), |&s| keys.get(s as usize)[0] == key)
+            .find(mix(key), |&s| key_of(records.get(s as usize)) == key)
             .map(|&s| s as usize)
     }
 
     /// The record of `key`, if the row exists.
     #[inline]
     pub fn get(&self, key: u64) -> Option<&[f32]> {
-        self.find(key).map(|s| self.records.get(s))
+        self.find(key)
+            .map(|s| &floats(self.records.get(s))[HEADER..])
     }
 
     /// Inserts a row (replacing an existing one) without marking it changed: used by
@@ -81,8 +105,9 @@ impl RowShard {
     pub fn insert_clean(&mut self, key: u64, record: &[f32], now: u32) {
         match self.find(key) {
             Some(s) => {
-                self.records.get_mut(s).copy_from_slice(record);
-                self.meta.get_mut(s)[0] = now & TIME_MASK;
+                let w = self.records.get_mut(s);
+                w[2] = now & TIME_MASK;
+                floats_mut(&mut w[HEADER..]).copy_from_slice(record);
             }
             None => {
                 self.create(key, record, now & TIME_MASK);
@@ -91,12 +116,15 @@ impl RowShard {
     }
 
     fn create(&mut self, key: u64, record: &[f32], meta: u32) -> usize {
-        let slot = self.keys.push(&[key]);
-        self.meta.push(&[meta]);
-        self.records.push(record);
-        let keys = &self.keys;
-        self.index
-            .insert_unique(mix(key), slot as u32, |&s| mix(keys.get(s as usize)[0]));
+        self.build.clear();
+        self.build
+            .extend_from_slice(&[key as u32, (key >> 32) as u32, meta]);
+        self.build.extend(record.iter().map(|f| f.to_bits()));
+        let slot = self.records.push(&self.build);
+        let records = &self.records;
+        self.index.insert_unique(mix(key), slot as u32, |&s| {
+            mix(key_of(records.get(s as usize)))
+        });
         slot
     }
 
@@ -123,7 +151,7 @@ impl RowShard {
                     self.pending.remove(&key);
                 }
                 scratch.clear();
-                scratch.resize(self.records.stride(), 0.0);
+                scratch.resize(self.records.stride() - HEADER, 0.0);
                 init(scratch);
                 self.deleted.remove(&key);
                 let rec = std::mem::take(scratch);
@@ -132,8 +160,9 @@ impl RowShard {
                 s
             }
         };
-        self.meta.get_mut(slot)[0] = DIRTY | (now & TIME_MASK);
-        Upsert::Row(self.records.get_mut(slot))
+        let w = self.records.get_mut(slot);
+        w[2] = DIRTY | (now & TIME_MASK);
+        Upsert::Row(floats_mut(&mut w[HEADER..]))
     }
 
     /// Evicts rows (and pending sightings) last updated before `cutoff`, recording
@@ -142,12 +171,13 @@ impl RowShard {
         self.pending.retain(|_, &mut (_, seen)| seen >= cutoff);
         let mut evicted = 0;
         let mut slot = 0;
-        while slot < self.keys.len() {
-            if self.meta.get(slot)[0] & TIME_MASK >= cutoff {
+        while slot < self.records.len() {
+            let w = self.records.get(slot);
+            if w[2] & TIME_MASK >= cutoff {
                 slot += 1;
                 continue;
             }
-            let key = self.keys.get(slot)[0];
+            let key = key_of(w);
             self.remove_slot(slot, key);
             self.deleted.insert(key);
             evicted += 1;
@@ -157,18 +187,16 @@ impl RowShard {
     }
 
     fn remove_slot(&mut self, slot: usize, key: u64) {
-        let keys = &self.keys;
+        let records = &self.records;
         if let Ok(e) = self
             .index
-            .find_entry(mix(key), |&s| keys.get(s as usize)[0] == key)
+            .find_entry(mix(key), |&s| key_of(records.get(s as usize)) == key)
         {
             e.remove();
         }
-        let moved_from = self.keys.swap_remove(slot);
-        self.meta.swap_remove(slot);
-        self.records.swap_remove(slot);
+        let moved_from = self.records.swap_remove(slot);
         if moved_from != slot {
-            let moved_key = self.keys.get(slot)[0];
+            let moved_key = key_of(self.records.get(slot));
             if let Some(s) = self
                 .index
                 .find_mut(mix(moved_key), |&s| s as usize == moved_from)
@@ -181,11 +209,11 @@ impl RowShard {
     /// Keys changed since the last call (their changed bit is cleared) and keys deleted
     /// since the last call.
     pub fn take_changes(&mut self, upserted: &mut Vec<u64>, deleted: &mut Vec<u64>) {
-        for slot in 0..self.keys.len() {
-            let m = &mut self.meta.get_mut(slot)[0];
-            if *m & DIRTY != 0 {
-                *m &= TIME_MASK;
-                upserted.push(self.keys.get(slot)[0]);
+        for slot in 0..self.records.len() {
+            let w = self.records.get_mut(slot);
+            if w[2] & DIRTY != 0 {
+                w[2] &= TIME_MASK;
+                upserted.push(key_of(w));
             }
         }
         deleted.extend(self.deleted.drain());
@@ -196,7 +224,7 @@ impl RowShard {
     pub fn restore_changes(&mut self, upserted: &[u64], deleted: &[u64]) {
         for &k in upserted {
             if let Some(s) = self.find(k) {
-                self.meta.get_mut(s)[0] |= DIRTY;
+                self.records.get_mut(s)[2] |= DIRTY;
             }
         }
         for &k in deleted {
@@ -208,12 +236,13 @@ impl RowShard {
 
     /// Every row's key and record, in slot order.
     pub fn for_each(&self, mut f: impl FnMut(u64, &[f32])) {
-        for slot in 0..self.keys.len() {
-            f(self.keys.get(slot)[0], self.records.get(slot));
+        for slot in 0..self.records.len() {
+            let w = self.records.get(slot);
+            f(key_of(w), &floats(w)[HEADER..]);
         }
     }
 
-    /// Heap bytes held by this shard (index, arenas, pending and deleted sets).
+    /// Heap bytes held by this shard (index, records, pending and deleted sets).
     pub fn heap_bytes(&self) -> usize {
         let buckets = if self.index.capacity() == 0 {
             0
@@ -221,9 +250,8 @@ impl RowShard {
             (self.index.capacity() * 8 / 7).next_power_of_two()
         };
         buckets * (std::mem::size_of::<u32>() + 1)
-            + self.keys.heap_bytes()
-            + self.meta.heap_bytes()
             + self.records.heap_bytes()
+            + self.build.capacity() * 4
             + self.pending.capacity() * (8 + 8 + 1)
             + self.deleted.capacity() * (8 + 1)
     }
