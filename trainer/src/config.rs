@@ -33,6 +33,8 @@ pub enum FieldKind {
     Sparse,
     Dense,
     Bucketized,
+    /// The cartesian product of the ids of the sparse fields named `a*b[*c…]`.
+    Cross,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -44,6 +46,16 @@ pub struct FieldConfig {
     pub pooling: Option<Pooling>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub boundaries: Vec<f64>,
+}
+
+impl FieldConfig {
+    /// For a cross, the fields it crosses: its name split at `*`.
+    pub fn cross_sources(&self) -> Vec<&str> {
+        match self.kind {
+            FieldKind::Cross => self.name.split('*').collect(),
+            _ => Vec::new(),
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -201,12 +213,27 @@ impl ModelConfig {
                 }
                 _ => {}
             }
+            let sources = f.cross_sources();
+            let sources_ok = sources.iter().all(|src| {
+                self.fields.iter().any(|g| {
+                    g.name == *src && matches!(g.kind, FieldKind::Sparse | FieldKind::Bucketized)
+                })
+            });
+            match f.kind {
+                FieldKind::Cross if sources.len() < 2 || !sources_ok => {
+                    return bad(format!(
+                        "cross `{}`: needs the names of two or more listed sparse fields joined by `*`",
+                        f.name
+                    ));
+                }
+                _ => {}
+            }
         }
         if self.fields.is_empty() && self.discover_samples == 0 {
             return bad("no fields listed and discover_samples = 0".into());
         }
-        if self.model == ModelKind::Mmoe && !(1..=64).contains(&self.mmoe.experts)
-            || self.mmoe.expert_units == 0
+        if self.model == ModelKind::Mmoe
+            && (!(1..=64).contains(&self.mmoe.experts) || self.mmoe.expert_units == 0)
         {
             return bad("mmoe needs 1..=64 experts and expert_units > 0".into());
         }

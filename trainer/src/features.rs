@@ -37,6 +37,8 @@ struct SparseField {
     mean: bool,
     /// Non-empty for bucketized fields.
     boundaries: Vec<f64>,
+    /// Non-empty for cross fields: the sparse slots crossed.
+    cross: Vec<u32>,
 }
 
 /// The resolved input layout of a model: which feature keys are sparse or dense fields,
@@ -48,6 +50,8 @@ pub struct Featurizer {
     dense_names: Vec<String>,
     lookup: FxHashMap<String, Slot>,
     tasks: Vec<String>,
+    /// The sparse slots that are crosses.
+    crosses: Vec<u32>,
 }
 
 impl Featurizer {
@@ -64,6 +68,7 @@ impl Featurizer {
             dense_names: Vec::new(),
             lookup: FxHashMap::default(),
             tasks: cfg.model_tasks().to_vec(),
+            crosses: Vec::new(),
         };
         for fc in &cfg.fields {
             if cfg.is_label_key(&fc.name) {
@@ -77,18 +82,42 @@ impl Featurizer {
                     f.dense_names.push(fc.name.clone());
                     Slot::Dense(f.dense_names.len() as u32 - 1)
                 }
-                FieldKind::Sparse | FieldKind::Bucketized => {
+                FieldKind::Sparse | FieldKind::Bucketized | FieldKind::Cross => {
                     f.sparse.push(SparseField {
                         seed: field_seed(&fc.name),
                         mean: fc.pooling.unwrap_or(cfg.pooling) == Pooling::Mean,
                         boundaries: fc.boundaries.clone(),
+                        cross: Vec::new(),
                     });
                     f.sparse_names.push(fc.name.clone());
                     Slot::Sparse(f.sparse.len() as u32 - 1)
                 }
             };
-            f.lookup.insert(fc.name.clone(), slot);
+            // A cross has no key of its own in the features object.
+            if fc.kind != FieldKind::Cross {
+                f.lookup.insert(fc.name.clone(), slot);
+            }
         }
+        for fc in cfg.fields.iter().filter(|fc| fc.kind == FieldKind::Cross) {
+            let slot_of = |name: &str| match f.lookup.get(name) {
+                Some(Slot::Sparse(i)) => Ok(*i),
+                _ => Err(TrainError::Config(format!(
+                    "cross `{}`: `{name}` is not a sparse field",
+                    fc.name
+                ))),
+            };
+            let sources = fc
+                .cross_sources()
+                .into_iter()
+                .map(slot_of)
+                .collect::<Result<Vec<u32>>>()?;
+            if let Some(i) = f.sparse_names.iter().position(|n| *n == fc.name) {
+                f.sparse[i].cross = sources;
+            }
+        }
+        f.crosses = (0..f.sparse.len() as u32)
+            .filter(|&i| !f.sparse[i as usize].cross.is_empty())
+            .collect();
         Ok(f)
     }
 
@@ -148,7 +177,12 @@ pub struct BatchBuilder<'f> {
     /// Dense values of the row being parsed.
     dense_row: Vec<f32>,
     row_labels: Vec<Option<f32>>,
+    /// Scratch text of cross ids.
+    text: String,
 }
+
+/// At most this many ids per cross field and sample (multi-hot sources multiply).
+pub const MAX_CROSS_IDS: usize = 64;
 
 impl<'f> BatchBuilder<'f> {
     pub fn new(fz: &'f Featurizer) -> Self {
@@ -159,6 +193,7 @@ impl<'f> BatchBuilder<'f> {
             pairs: Vec::new(),
             dense_row: vec![0.0; fz.dense_names.len()],
             row_labels: vec![None; fz.tasks.len()],
+            text: String::new(),
         };
         b.reset();
         b
@@ -212,9 +247,13 @@ impl<'f> BatchBuilder<'f> {
 
     fn commit_row(&mut self) {
         let fz = self.fz;
-        let b = &mut self.batch;
         // Keys arrive in the sample's key order; bags are laid out in field order.
         self.pairs.sort_by_key(|p| p.0);
+        if !fz.crosses.is_empty() {
+            self.add_crosses();
+            self.pairs.sort_by_key(|p| p.0);
+        }
+        let b = &mut self.batch;
         let mut p = 0;
         for (f, field) in fz.sparse.iter().enumerate() {
             let start = b.bag_items.len();
@@ -242,6 +281,51 @@ impl<'f> BatchBuilder<'f> {
             b.has_label[t].push(l.is_some());
         }
         b.len += 1;
+    }
+
+    /// Cross ids of the row: for each cross field, every combination of one id of
+    /// each source (capped at [`MAX_CROSS_IDS`]), hashed as the text of the source ids.
+    fn add_crosses(&mut self) {
+        use std::fmt::Write;
+        let fz = self.fz;
+        let n = self.pairs.len();
+        for &c in &fz.crosses {
+            let field = &fz.sparse[c as usize];
+            let ranges: Vec<(usize, usize)> = field
+                .cross
+                .iter()
+                .map(|&src| {
+                    let lo = self.pairs[..n].partition_point(|p| p.0 < src);
+                    let hi = self.pairs[..n].partition_point(|p| p.0 <= src);
+                    (lo, hi)
+                })
+                .collect();
+            if ranges.iter().any(|(lo, hi)| lo == hi) {
+                continue; // a missing source: the cross is missing too
+            }
+            let mut idx: Vec<usize> = ranges.iter().map(|r| r.0).collect();
+            'combos: for _ in 0..MAX_CROSS_IDS {
+                self.text.clear();
+                for &i in &idx {
+                    let _ = write!(self.text, "{:016x}.", self.pairs[i].1);
+                }
+                self.pairs
+                    .push((c, feature_id_seeded(field.seed, &self.text).0));
+                // Odometer over the sources' ids.
+                let mut k = idx.len();
+                loop {
+                    if k == 0 {
+                        break 'combos;
+                    }
+                    k -= 1;
+                    idx[k] += 1;
+                    if idx[k] < ranges[k].1 {
+                        break;
+                    }
+                    idx[k] = ranges[k].0;
+                }
+            }
+        }
     }
 
     /// One sample line as the joiner writes it (`labels` and `features`).
@@ -839,5 +923,57 @@ mod tests {
             train.keys[train.bag(0, 1).0[2] as usize],
             feature_id("tags", "1.25")
         );
+    }
+
+    #[test]
+    fn crosses_combine_every_pair_of_source_ids() {
+        let mut c = cfg(&[
+            ("seg", FieldKind::Sparse),
+            ("tags", FieldKind::Sparse),
+            ("seg*tags", FieldKind::Cross),
+            ("seg*missing", FieldKind::Cross),
+        ]);
+        assert!(
+            c.validate().is_err(),
+            "a cross of an unlisted field is refused"
+        );
+        let mut single = c.clone();
+        single.fields.truncate(2);
+        single.fields.push(FieldConfig {
+            name: "seg".into(),
+            kind: FieldKind::Cross,
+            pooling: None,
+            boundaries: vec![],
+        });
+        assert!(single.validate().is_err(), "a cross needs two sources");
+        c.fields.push(FieldConfig {
+            name: "missing".into(),
+            kind: FieldKind::Sparse,
+            pooling: None,
+            boundaries: vec![],
+        });
+        c.validate().unwrap();
+        let fz = Featurizer::new(&c).unwrap();
+        let b = one(
+            &fz,
+            r#"{"labels":{},"features":{"tags":["a","b"],"seg":"s1"}}"#,
+        );
+        let ids = |f: usize| -> Vec<FeatureId> {
+            b.bag(0, f).0.iter().map(|&i| b.keys[i as usize]).collect()
+        };
+        let (s1, ta, tb) = (
+            feature_id("seg", "s1"),
+            feature_id("tags", "a"),
+            feature_id("tags", "b"),
+        );
+        let want = |p: FeatureId, q: FeatureId| {
+            feature_id("seg*tags", &format!("{:016x}.{:016x}.", p.0, q.0))
+        };
+        assert_eq!(ids(2), vec![want(s1, ta), want(s1, tb)]);
+        assert!(
+            ids(3).is_empty(),
+            "a cross with a missing source is missing"
+        );
+        assert_eq!(b.bag(0, 2).1, 0.5);
     }
 }
