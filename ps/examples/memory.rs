@@ -1,4 +1,5 @@
 //! Bytes per sparse row at scale: `cargo run -p odl-ps --example memory -- 10000000`
+//! (optionally followed by a directory: also time a checkpoint save and load there)
 //! creates that many dim-16 Adagrad rows through `push_sparse` and reports the store's
 //! own heap accounting and the process RSS growth per row, against the raw 136 bytes
 //! (8-byte key + 16 weights + 16 accumulators). Kept out of the test run: it needs
@@ -73,4 +74,27 @@ fn main() {
         rss as f64 / rows as f64 / 136.0,
         rows as f64 / secs
     );
+    if let Some(dir) = std::env::args().nth(2) {
+        let dir = std::path::PathBuf::from(dir);
+        let t = Instant::now();
+        if let Err(e) = store.save_checkpoint(&dir) {
+            eprintln!("checkpoint failed: {e}");
+            std::process::exit(1);
+        }
+        let save = t.elapsed().as_secs_f64();
+        drop(store);
+        let t = Instant::now();
+        match LocalStore::load_checkpoint(&dir, Some((0, 2))) {
+            Ok(half) => println!(
+                "checkpoint: save {save:.1}s ({:.0} rows/s); load into shard 0/2 {:.1}s ({} rows kept)",
+                rows as f64 / save,
+                t.elapsed().as_secs_f64(),
+                half.table_stats().iter().map(|t| t.rows).sum::<u64>()
+            ),
+            Err(e) => {
+                eprintln!("load failed: {e}");
+                std::process::exit(1);
+            }
+        }
+    }
 }
