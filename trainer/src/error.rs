@@ -17,6 +17,9 @@ pub enum TrainError {
     /// Parameters pulled from the store do not have the shape the model declared.
     #[error("parameter shape mismatch: {0}")]
     Shape(String),
+    /// The samples stream (a channel, a topic) failed.
+    #[error(transparent)]
+    Stream(#[from] odl_proto::stream::StreamError),
     #[error("i/o error on {path}: {source}")]
     Io {
         path: String,

@@ -12,6 +12,7 @@ use crate::eval::{Evaluator, TaskReport};
 use crate::features::Batch;
 use crate::model::Model;
 use odl_proto::params::{ParamError, ParamStore};
+use odl_proto::stream::{Poll, RecordSource};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read};
@@ -71,11 +72,24 @@ pub struct RunStats {
     pub retries: u64,
 }
 
+/// Where the lines come from: a samples file (read `epochs` times), or a live record
+/// stream (the joiner's samples channel in `odl run`, Kafka) read once to its end.
+enum Input {
+    File {
+        path: PathBuf,
+        reader: Option<BufReader<Box<dyn Read + Send>>>,
+        epochs_left: usize,
+    },
+    Stream(Box<dyn RecordSource>),
+}
+
+/// How long a poll of a live stream waits before handing a partial batch to training,
+/// so a slow stream still trains (and reports) promptly.
+const STREAM_POLL_WAIT: Duration = Duration::from_millis(200);
+
 /// Lines read in order, shared by the threads; yields `(first line number, lines)`.
 struct SharedReader {
-    path: PathBuf,
-    reader: Option<BufReader<Box<dyn Read + Send>>>,
-    epochs_left: usize,
+    input: Input,
     line_no: u64,
     bytes_read: u64,
     total_bytes: u64,
@@ -95,6 +109,8 @@ impl SharedReader {
     }
 
     /// Up to `n` lines of this worker's share into `buf` (cleared; one line per entry).
+    /// Fewer (or none, at the end) when the input ends, or when a live stream has
+    /// nothing more right now.
     fn next_lines(
         &mut self,
         n: usize,
@@ -103,36 +119,64 @@ impl SharedReader {
     ) -> Result<()> {
         spare.append(buf);
         while buf.len() < n {
-            let Some(r) = self.reader.as_mut() else {
-                if self.epochs_left == 0 {
-                    return Ok(());
-                }
-                self.epochs_left -= 1;
-                self.reader = Some(Self::open(&self.path)?);
-                self.line_no = 0;
-                continue;
-            };
             let mut line = spare.pop().unwrap_or_default();
             line.clear();
-            let read = r.read_line(&mut line).map_err(|source| TrainError::Io {
-                path: self.path.display().to_string(),
-                source,
-            })?;
-            if read == 0 {
-                self.reader = None;
-                spare.push(line);
-                continue;
-            }
+            let read = match &mut self.input {
+                Input::File { path, reader, epochs_left } => {
+                    let Some(r) = reader.as_mut() else {
+                        spare.push(line);
+                        if *epochs_left == 0 {
+                            return Ok(());
+                        }
+                        *epochs_left -= 1;
+                        *reader = Some(Self::open(path)?);
+                        self.line_no = 0;
+                        continue;
+                    };
+                    let read = r.read_line(&mut line).map_err(|source| TrainError::Io {
+                        path: path.display().to_string(),
+                        source,
+                    })?;
+                    if read == 0 {
+                        *reader = None;
+                        spare.push(line);
+                        continue;
+                    }
+                    read
+                }
+                Input::Stream(source) => {
+                    spare.push(line);
+                    match source.poll(n - buf.len(), STREAM_POLL_WAIT)? {
+                        Poll::Records(records) => {
+                            for r in records {
+                                let mut line = spare.pop().unwrap_or_default();
+                                line.clear();
+                                line.push_str(&String::from_utf8_lossy(&r.value));
+                                self.bytes_read += r.value.len() as u64;
+                                self.keep(line, buf, spare);
+                            }
+                            continue;
+                        }
+                        Poll::Idle if buf.is_empty() => continue,
+                        Poll::Idle | Poll::End => return Ok(()),
+                    }
+                }
+            };
             self.bytes_read += read as u64;
-            let idx = self.line_no;
-            self.line_no += 1;
-            if line.trim().is_empty() || idx % self.share.1 as u64 != self.share.0 as u64 {
-                spare.push(line);
-                continue;
-            }
-            buf.push(line);
+            self.keep(line, buf, spare);
         }
         Ok(())
+    }
+
+    /// Keep `line` if it is this worker's share and not blank.
+    fn keep(&mut self, line: String, buf: &mut Vec<String>, spare: &mut Vec<String>) {
+        let idx = self.line_no;
+        self.line_no += 1;
+        if line.trim().is_empty() || idx % self.share.1 as u64 != self.share.0 as u64 {
+            spare.push(line);
+        } else {
+            buf.push(line);
+        }
     }
 }
 
@@ -157,29 +201,55 @@ pub fn run_file(
     path: &Path,
     opts: &RunOptions,
 ) -> Result<(Report, RunStats)> {
-    if opts.share.1 == 0 || opts.share.0 >= opts.share.1 {
-        return Err(TrainError::Config(format!(
-            "bad worker share {}/{}",
-            opts.share.0, opts.share.1
-        )));
-    }
     let total_bytes = std::fs::metadata(path)
         .map_err(|source| TrainError::Io {
             path: path.display().to_string(),
             source,
         })?
         .len();
+    let input = Input::File {
+        path: path.to_path_buf(),
+        reader: Some(SharedReader::open(path)?),
+        epochs_left: opts.epochs.saturating_sub(1),
+    };
+    run_input(model, store, input, total_bytes * opts.epochs.max(1) as u64, opts)
+}
+
+/// Run `model` over a live stream of samples until it ends (`Poll::End`): the
+/// joiner's samples channel in `odl run`, or a samples topic. `opts.epochs` is ignored:
+/// a stream is read once.
+pub fn run_source(
+    model: &Model,
+    store: &dyn ParamStore,
+    source: Box<dyn RecordSource>,
+    opts: &RunOptions,
+) -> Result<(Report, RunStats)> {
+    let opts = RunOptions { epochs: 1, ..opts.clone() };
+    run_input(model, store, Input::Stream(source), 0, &opts)
+}
+
+fn run_input(
+    model: &Model,
+    store: &dyn ParamStore,
+    input: Input,
+    total_bytes: u64,
+    opts: &RunOptions,
+) -> Result<(Report, RunStats)> {
+    if opts.share.1 == 0 || opts.share.0 >= opts.share.1 {
+        return Err(TrainError::Config(format!(
+            "bad worker share {}/{}",
+            opts.share.0, opts.share.1
+        )));
+    }
     let shared = Shared {
         model,
         store,
         opts,
         reader: Mutex::new(SharedReader {
-            path: path.to_path_buf(),
-            reader: Some(SharedReader::open(path)?),
-            epochs_left: opts.epochs.saturating_sub(1),
+            input,
             line_no: 0,
             bytes_read: 0,
-            total_bytes: total_bytes * opts.epochs.max(1) as u64,
+            total_bytes,
             share: opts.share,
         }),
         eval: Mutex::new(Evaluator::new(model.tasks(), model.config().current_window)),
