@@ -56,6 +56,7 @@ impl LocalPublisher {
 impl Drop for LocalPublisher {
     fn drop(&mut self) {
         self.cancel.cancel();
+        self.publisher.close();
         if let Some(rt) = self.runtime.take() {
             rt.shutdown_timeout(Duration::from_secs(2));
         }

@@ -174,6 +174,23 @@ mod tests {
         c.validate().unwrap();
     }
 
+    /// `configs/ps.toml` documents every key of the block and holds the defaults.
+    #[test]
+    fn the_ps_example_config_block_is_the_default() {
+        let text = include_str!("../../../configs/ps.toml");
+        #[derive(Deserialize)]
+        struct Top {
+            odl_model_update: PublishConfig,
+        }
+        let top: Top = odl_proto::config::parse_str(text, "configs/ps.toml").unwrap();
+        assert_eq!(top.odl_model_update, PublishConfig::default());
+        for key in ["open", "model_name", "dense_send_interval_time", "sparse_send_interval_time",
+            "first_trigger_time", "global_auc_threshold", "current_auc_threshold",
+            "update_partition_count", "part_strategy", "check_numerics", "switch_timeout_time"] {
+            assert!(text.contains(&format!("\n{key} = ")), "{key} not documented");
+        }
+    }
+
     #[test]
     fn unknown_key_and_bad_values_are_rejected() {
         let mut v = serde_json::to_value(PublishConfig::default()).unwrap();

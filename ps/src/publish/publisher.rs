@@ -45,6 +45,9 @@ pub struct Publisher {
     /// After a rollback, publishing pauses until a rebase: serving keeps the full
     /// version it returned to, "plus nothing after it".
     held_after: Mutex<Option<Version>>,
+    /// Cancelled when publishing stops, so subscription streams end and a graceful
+    /// gRPC shutdown does not wait on them forever.
+    closing: CancellationToken,
 }
 
 impl Publisher {
@@ -74,6 +77,7 @@ impl Publisher {
             model_config,
             cutting: Mutex::new(()),
             held_after: Mutex::new(None),
+            closing: CancellationToken::new(),
         }))
     }
 
@@ -83,6 +87,16 @@ impl Publisher {
 
     pub fn registry(&self) -> &Arc<Registry> {
         &self.registry
+    }
+
+    /// Cancelled once the publisher stops: subscription streams end with it.
+    pub fn closing(&self) -> &CancellationToken {
+        &self.closing
+    }
+
+    /// End every subscription stream (the PS is shutting down).
+    pub fn close(&self) {
+        self.closing.cancel();
     }
 
     fn cut_lock(&self) -> MutexGuard<'_, ()> {
@@ -293,6 +307,12 @@ impl Publisher {
 
     /// Drive publishing until `cancel`: the first full version, then the timers.
     pub async fn run(self: Arc<Self>, cancel: CancellationToken) -> Result<()> {
+        let r = self.clone().run_timers(cancel).await;
+        self.close();
+        r
+    }
+
+    async fn run_timers(self: Arc<Self>, cancel: CancellationToken) -> Result<()> {
         if !self.cfg.open {
             tracing::info!("odl_model_update.open is false: not publishing");
             cancel.cancelled().await;

@@ -125,6 +125,7 @@ async fn send_version(
 }
 
 async fn stream_versions(
+    closing: tokio_util::sync::CancellationToken,
     registry: Arc<Registry>,
     node: String,
     from: Version,
@@ -166,6 +167,10 @@ async fn stream_versions(
         }
         tokio::select! {
             _ = tx.closed() => return,
+            _ = closing.cancelled() => {
+                let _ = tx.send(Err(Status::unavailable("the PS is shutting down"))).await;
+                return;
+            }
             changed = latest.changed() => if changed.is_err() { return },
         }
     }
@@ -208,6 +213,7 @@ impl PublisherRpc for PublishService {
         tracing::info!(node = %req.node_id, from = req.from_version, partitions = ?req.partitions, "serving node subscribed");
         let (tx, rx) = mpsc::channel(SUBSCRIBER_BUFFER);
         tokio::spawn(stream_versions(
+            self.publisher.closing().clone(),
             self.registry(),
             req.node_id,
             Version(req.from_version),
