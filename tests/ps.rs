@@ -141,3 +141,90 @@ fn killed_shard_restarts_from_its_checkpoint_and_the_client_reconnects() {
     assert_ne!(pull(&store, &ks[..10]), checkpointed[..80].to_vec());
     assert!(restarted.terminate().success());
 }
+
+#[test]
+fn a_file_mode_checkpoint_warm_starts_two_shards() {
+    use odl_ps::LocalStore;
+    let dir = tempfile::tempdir().unwrap();
+    let ck = dir.path().join("batch");
+    let batch = LocalStore::default();
+    batch.declare(&schema()).unwrap();
+    let ks = keys(3000);
+    let g: Vec<f32> = (0..3000 * 8)
+        .map(|i| ((i % 13) as f32 - 6.0) / 10.0)
+        .collect();
+    batch.push_sparse("emb", &ks, &g).unwrap();
+    batch.push_dense(&[("w".into(), vec![0.3; 4])]).unwrap();
+    batch.save_checkpoint(&ck).unwrap();
+    let mut want = vec![0.0; 3000 * 8];
+    batch.pull_sparse("emb", &ks, &mut want).unwrap();
+    let want_w = batch.pull_dense(&["w".into()]).unwrap();
+
+    let shards: Vec<Shard> = (0..2)
+        .map(|i| {
+            let mut a = shard_args(i, 2, 0, &dir.path().join(format!("ck-{i}")), 60, dir.path());
+            a.extend(["--warm-start".into(), ck.display().to_string()]);
+            start(&a)
+        })
+        .collect();
+    let store = RemoteStore::connect(RemoteOptions::new(
+        shards.iter().map(|s| s.grpc.clone()).collect(),
+        "t",
+    ))
+    .unwrap();
+    assert_eq!(
+        pull(&store, &ks),
+        want,
+        "every row on its shard, with the batch values"
+    );
+    assert_eq!(store.pull_dense(&["w".into()]).unwrap(), want_w);
+    let rows: Vec<u64> = shards
+        .iter()
+        .map(|s| {
+            let v: serde_json::Value = serde_json::from_str(&s.get("/v1/shard").1).unwrap();
+            v["tables"][0]["rows"].as_u64().unwrap()
+        })
+        .collect();
+    assert_eq!(
+        rows.iter().sum::<u64>(),
+        3000,
+        "disjoint and complete: {rows:?}"
+    );
+    assert!(rows.iter().all(|&r| r > 1000), "{rows:?}");
+    // Declaring the same schema on top of the warm start keeps the rows.
+    store.declare(&schema()).unwrap();
+    assert_eq!(pull(&store, &ks), want);
+}
+
+#[test]
+fn bad_configs_and_missing_warm_starts_fail_with_a_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(ODL)
+            .arg("ps")
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "shard_index = 3\nshard_count = 2\n").unwrap();
+    let (ok, err) = run(&["--config", bad.to_str().unwrap()]);
+    assert!(!ok && err.contains("shard_index"), "{err}");
+    std::fs::write(&bad, "shard_indx = 0\n").unwrap();
+    let (ok, err) = run(&["--config", bad.to_str().unwrap()]);
+    assert!(!ok && err.contains("shard_indx"), "{err}");
+    let missing = dir.path().join("nothing-here");
+    let (ok, err) = run(&[
+        "--grpc-addr",
+        "127.0.0.1:0",
+        "--http-addr",
+        "127.0.0.1:0",
+        "--warm-start",
+        missing.to_str().unwrap(),
+    ]);
+    assert!(!ok && err.contains("no checkpoint"), "{err}");
+}
