@@ -3,5 +3,6 @@
 //! this is where they are wired together.
 
 pub mod cli;
+pub mod run;
 pub mod serve;
 pub mod simulate;

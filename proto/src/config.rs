@@ -79,7 +79,8 @@ fn parse_json(text: &str, origin: &str) -> Result<toml::Table, ConfigError> {
     toml::Table::try_from(value).map_err(|e| syntax(e.to_string()))
 }
 
-fn overlay(base: &mut toml::Table, top: toml::Table) {
+/// Lay `top` over `base`: tables merge key by key, any other value replaces.
+pub fn overlay(base: &mut toml::Table, top: toml::Table) {
     for (k, v) in top {
         match (base.get_mut(&k), v) {
             (Some(toml::Value::Table(b)), toml::Value::Table(t)) => overlay(b, t),

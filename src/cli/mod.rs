@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 pub mod bench;
 pub mod join;
 pub mod ps;
+pub mod run;
 pub mod serve;
 pub mod simulate;
 pub mod train;
@@ -19,6 +20,8 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// The whole pipeline in one process: simulator, joiner, trainer, PS, serving.
+    Run(run::RunArgs),
     /// Generate a deterministic, drifting stream of the four input streams.
     Simulate(simulate::SimulateArgs),
     /// Join exposures, clicks, detail clicks and feature logs into samples (JOIN.md).
@@ -38,6 +41,7 @@ pub enum Command {
 
 pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Run(a) => run::run(a),
         Command::Simulate(a) => simulate::run(a),
         Command::Join(a) => join::run(a),
         Command::Train(a) => train::run(a),
@@ -55,6 +59,36 @@ pub fn init_tracing() {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .init();
+}
+
+/// Cancel `token` on SIGINT or SIGTERM (spawned on the current runtime), so every
+/// service drains and checkpoints before the process exits 0.
+pub async fn cancel_on_signal(token: tokio_util::sync::CancellationToken) {
+    tokio::spawn(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            match signal(SignalKind::terminate()) {
+                Ok(mut term) => {
+                    tokio::select! {
+                        _ = ctrl_c => {}
+                        _ = term.recv() => {}
+                    }
+                }
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                }
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = ctrl_c.await;
+        }
+        tracing::info!("shutting down");
+        token.cancel();
+    });
 }
