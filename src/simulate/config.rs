@@ -12,6 +12,7 @@ pub const DEFAULT_TOML: &str = include_str!("../../configs/simulate.toml");
 pub struct SimConfig {
     pub start_ms: i64,
     pub page_views_per_sec: f64,
+    pub paced_time_scale: f64,
     pub items_per_page_min: u32,
     pub items_per_page_max: u32,
     pub users: u64,
@@ -68,6 +69,7 @@ impl SimConfig {
         }
         let positive = [
             ("page_views_per_sec", self.page_views_per_sec),
+            ("paced_time_scale", self.paced_time_scale),
             ("user_zipf", self.user_zipf),
             ("item_zipf", self.item_zipf),
             ("drift_period_hours", self.drift_period_hours),

@@ -210,8 +210,8 @@ impl<'c> Generator<'c> {
         let mut pv_rate = c.page_views_per_sec;
         let mut start_ms = c.start_ms;
         if let Some(rate) = opts.rate {
-            // Event time follows the wall clock: about 2.2 lines per exposure.
-            pv_rate = (rate / (2.2 * c.mean_items_per_page())).max(1e-3);
+            // Event time follows the wall clock (scaled): about 2.2 lines per exposure.
+            pv_rate = (rate / (2.2 * c.mean_items_per_page()) / c.paced_time_scale).max(1e-3);
             start_ms = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_millis() as i64)
