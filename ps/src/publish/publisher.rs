@@ -155,8 +155,15 @@ impl Publisher {
             return self.registry.record_skipped(new);
         }
         let layout = self.layout(kind, samples_through, created_ms);
-        let sv = self.registry.record_published(new, |v, b| payload::encode(&layout(v, b), &content))?;
-        tracing::info!(version = sv.version().0, kind = payload::kind_str(kind), rows = sv.record.rows, "published");
+        let t0 = std::time::Instant::now();
+        let mut encode_ms = 0;
+        let sv = self.registry.record_published(new, |v, b| {
+            let u = payload::encode(&layout(v, b), &content);
+            encode_ms = t0.elapsed().as_millis() as u64;
+            u
+        })?;
+        let ms = t0.elapsed().as_millis() as u64;
+        tracing::info!(version = sv.version().0, kind = payload::kind_str(kind), rows = sv.record.rows, encode_ms, ms, "published");
         Ok(sv)
     }
 
@@ -213,12 +220,14 @@ impl Publisher {
         if self.held().is_some() {
             return Ok(None);
         }
+        let t0 = std::time::Instant::now();
         let changes = self.source.take_changes();
         if changes.iter().all(|c| c.upserted.is_empty() && c.deleted.is_empty()) {
             return Ok(None);
         }
         let progress = self.source.progress();
         let auc = gate_auc(&progress);
+        let took = t0.elapsed();
         let content = match self.changed_rows(&changes) {
             Ok(c) => c,
             Err(e) => {
@@ -226,10 +235,12 @@ impl Publisher {
                 return Err(e);
             }
         };
+        let read = t0.elapsed();
         let skip = auc_gate(&self.cfg, auc).or_else(|| numerics_gate(&self.cfg, &content));
         if skip.is_some() {
             self.source.restore_changes(&changes);
         }
+        tracing::debug!(take_ms = took.as_millis() as u64, read_ms = (read - took).as_millis() as u64, "sparse rows read");
         match self.finish(VersionKind::Sparse, content, auc, progress.samples, skip, None) {
             Ok(v) => Ok(Some(v)),
             Err(e) => {

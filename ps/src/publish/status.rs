@@ -67,6 +67,14 @@ pub struct Registry {
 impl Registry {
     pub fn open(dir: &Path, switch_timeout_s: u64, confirm_nodes: Vec<String>, keep_full_versions: usize) -> Result<Registry> {
         let store = VersionStore::open(dir)?;
+        // A version whose payload never became durable (crash while persisting it)
+        // cannot be sent to a catching-up node.
+        for mut v in store.all()? {
+            if v.payload_kept && !store.has_payload(v.version())? {
+                v.payload_kept = false;
+                store.put(&v)?;
+            }
+        }
         let all = store.all()?;
         let pending = all
             .iter()
@@ -155,21 +163,22 @@ impl Registry {
     ) -> Result<StoredVersion> {
         let (mut sv, guard) = self.record(new, VersionStatus::PushOnline)?;
         let updates = Arc::new(encode(sv.version(), sv.record.base));
-        self.store.put_payload(sv.version(), &updates)?;
         sv.payload_kept = true;
         {
             let mut inner = self.inner();
             sv.required = inner.connected.keys().cloned().chain(self.confirm_nodes.iter().cloned()).collect();
             self.store.put(&sv)?;
             inner.pending.insert(sv.version(), sv.clone());
-            inner.cache.push_back((sv.version(), updates));
+            inner.cache.push_back((sv.version(), updates.clone()));
             while inner.cache.len() > CACHED_PAYLOADS {
                 inner.cache.pop_front();
             }
         }
         drop(guard);
-        // Subscribers stream from the in-memory copy while sled syncs to disk.
+        // Subscribers stream from the in-memory copy while the payload goes to disk (a
+        // crash before it is durable is repaired on open: see `Registry::open`).
         self.latest.send_replace(sv.version());
+        self.store.put_payload(sv.version(), &updates)?;
         self.store.flush()?;
         if sv.is_full() {
             self.retain_after_full(sv.version())?;
@@ -435,6 +444,21 @@ mod tests {
         assert_eq!(r.subscribers(), vec!["n".to_string()]);
         r.unsubscribe("n");
         assert!(r.subscribers().is_empty());
+    }
+
+    #[test]
+    fn a_payload_lost_in_a_crash_is_not_offered_for_catch_up() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let r = open(dir.path(), 100);
+            r.record_published(new(VersionKind::Full, None, 0), end).unwrap();
+            r.record_published(new(VersionKind::Sparse, Some(Version(1)), 0), end).unwrap();
+            r.store.drop_payload(Version(2)).unwrap();
+            r.store.flush().unwrap();
+        }
+        let r = open(dir.path(), 100);
+        assert!(!r.stored(Version(2)).unwrap().payload_kept);
+        assert_eq!(r.chain(Version(2)).unwrap(), vec![Version(1)]);
     }
 
     #[test]

@@ -117,6 +117,10 @@ impl VersionStore {
         Ok(if out.is_empty() { None } else { Some(out) })
     }
 
+    pub fn has_payload(&self, v: Version) -> Result<bool> {
+        Ok(self.payloads.scan_prefix(v.0.to_be_bytes()).next().transpose()?.is_some())
+    }
+
     pub fn drop_payload(&self, v: Version) -> Result<()> {
         let keys: Vec<sled::IVec> =
             self.payloads.scan_prefix(v.0.to_be_bytes()).keys().collect::<std::result::Result<_, _>>()?;
@@ -183,7 +187,9 @@ mod tests {
         assert_eq!(all[1].record.status, VersionStatus::Skipped);
         assert_eq!(s.payload(Version(1)).unwrap().unwrap().len(), 3);
         assert!(s.payload(Version(2)).unwrap().is_none());
+        assert!(s.has_payload(Version(1)).unwrap());
         s.drop_payload(Version(1)).unwrap();
+        assert!(!s.has_payload(Version(1)).unwrap());
         assert!(s.payload(Version(1)).unwrap().is_none());
         assert!(s.get(Version(9)).unwrap().is_none());
     }

@@ -1,5 +1,6 @@
 //! `odl bench publish`: one sparse version of `--rows` changed rows (dim `--dim`) from
-//! an in-process publisher to `--nodes` `odl serve` processes on loopback. Prints the
+//! an in-process publisher over the PS's own store (`LocalStore`, rows created by
+//! pushed gradients as training does) to `--nodes` `odl serve` processes on loopback. Prints the
 //! seconds from the publish call to `FINISHED` (every node applied and confirmed it),
 //! split into cutting (read + encode + persist) and delivery, and the serving nodes'
 //! RSS per million rows. Target (issue 6): 1M rows of dim 16 to two nodes in ≤ 2 s.
@@ -9,7 +10,9 @@ use anyhow::Context;
 use odl_proto::params::{ModelSchema, Optimizer, TableSpec};
 use odl_proto::version::{Version, VersionStatus};
 use odl_ps::publish::publisher::FullCause;
-use odl_ps::publish::source::MemorySource;
+use odl_proto::hashing::FeatureId;
+use odl_proto::params::ParamStore;
+use odl_ps::LocalStore;
 use odl_ps::publish::PublishConfig;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -40,7 +43,8 @@ pub fn run(args: BenchPublishArgs) -> anyhow::Result<()> {
         }],
         dense: vec![],
     };
-    let source = Arc::new(MemorySource::new(schema));
+    let source = Arc::new(LocalStore::default());
+    source.declare(&schema).map_err(|e| anyhow::anyhow!("{e}"))?;
     let cfg = PublishConfig { global_auc_threshold: 0.0, current_auc_threshold: 0.0, ..Default::default() };
     let partitions = cfg.update_partition_count;
     let local = LocalPublisher::start(cfg, &dir.join("versions"), source.clone(), false)?;
@@ -61,11 +65,14 @@ pub fn run(args: BenchPublishArgs) -> anyhow::Result<()> {
     })?;
     let rss_before: Vec<u64> = nodes.iter().map(|n| n.rss_bytes().unwrap_or(0)).collect();
 
-    // Changed rows: hashed keys (as feature ids are), deterministic values.
-    let keys: Vec<u64> = (0..args.rows as u64).map(|i| odl_proto::hashing::feature_id("bench", &i.to_string()).0).collect();
-    let values: Vec<f32> = (0..args.rows * args.dim).map(|i| (i % 1000) as f32 * 1e-3).collect();
-    source.set_rows("emb", &keys, &values);
-    drop(values);
+    // Changed rows: hashed keys (as feature ids are), created by one gradient each.
+    let keys: Vec<FeatureId> =
+        (0..args.rows as u64).map(|i| odl_proto::hashing::feature_id("bench", &i.to_string())).collect();
+    for batch in keys.chunks(10_000) {
+        let grads: Vec<f32> = (0..batch.len() * args.dim).map(|i| (i % 100) as f32 * 1e-3).collect();
+        source.push_sparse("emb", batch, &grads).map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    drop(keys);
 
     let t0 = Instant::now();
     let v = p.publish_sparse()?.context("no sparse version was cut")?;
