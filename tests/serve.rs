@@ -510,3 +510,97 @@ fn odl_ps_keeps_history_across_a_restart_and_rolls_back_and_rebases() {
     drop(n);
     stop_ps(ps);
 }
+
+fn odl(dir: &Path, args: &[&str]) {
+    let out = std::process::Command::new(exe()).current_dir(dir).args(args).output().unwrap();
+    assert!(out.status.success(), "odl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// simulate → join → batch train (warm start) → `odl ps` publishing every second while
+/// a cluster worker trains → two serving nodes; every published version reaches
+/// FINISHED and the nodes serve the newest one. With a gate above the achievable AUC
+/// the same run yields only SKIPPED increments, with reasons, and serving keeps the
+/// warm-start version.
+#[test]
+fn end_to_end_simulate_join_train_publish_serve() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    odl(d, &["simulate", "--events", "60000", "--out", "ev.jsonl"]);
+    odl(d, &["join", "--input", "ev.jsonl", "--out", "s.jsonl", "--audit", "a.jsonl", "--stats", "st.json"]);
+    let samples = std::fs::read_to_string(d.join("s.jsonl")).unwrap();
+    let lines: Vec<&str> = samples.lines().collect();
+    assert!(lines.len() > 10_000, "{} samples", lines.len());
+    std::fs::write(d.join("batch.jsonl"), lines[..6000].join("\n") + "\n").unwrap();
+    std::fs::write(d.join("stream.jsonl"), lines[6000..].join("\n") + "\n").unwrap();
+    odl(d, &["train", "--samples", "batch.jsonl", "--checkpoint-out", "batch", "--report", "br.json"]);
+
+    for (run, threshold) in [("open", 0.5), ("gated", 0.95)] {
+        let (grpc, http) = (free_addr(), free_addr());
+        let cfg = d.join(format!("ps-{run}.toml"));
+        std::fs::write(
+            &cfg,
+            format!(
+                "grpc_addr = \"{grpc}\"\nhttp_addr = \"{http}\"\nwarm_start = [\"{}\"]\n[odl_model_update]\n\
+                 first_trigger_time = 1\ndense_send_interval_time = 1\nsparse_send_interval_time = 1\n\
+                 global_auc_threshold = {threshold}\ncurrent_auc_threshold = {threshold}\n",
+                d.join("batch").display()
+            ),
+        )
+        .unwrap();
+        let ps_dir = d.join(run);
+        std::fs::create_dir_all(&ps_dir).unwrap();
+        let ps = start_ps(&ps_dir, &cfg);
+        let a = node(&ps.grpc, &format!("{run}-a"), &[]);
+        let b = node(&ps.grpc, &format!("{run}-b"), &[]);
+        wait_served(&a.rest_addr, 1);
+        wait_served(&b.rest_addr, 1);
+        let worker = d.join(format!("worker-{run}.toml"));
+        std::fs::write(
+            &worker,
+            format!("ps = [\"{grpc}\"]\nsamples = \"stream.jsonl\"\nworker = \"0/1\"\nreport = \"wr-{run}.json\"\n"),
+        )
+        .unwrap();
+        odl(d, &["train", "--config", worker.to_str().unwrap()]);
+        // The increments after training: a dense and a sparse one.
+        wait_for("increments after training", T, || {
+            let v = versions(&ps.http);
+            let kinds: Vec<&str> = v.iter().filter(|x| x["samples_through"].as_u64() > Some(0)).filter_map(|x| x["kind"].as_str()).collect();
+            (kinds.contains(&"dense") && kinds.contains(&"sparse")).then_some(())
+        })
+        .unwrap();
+        let inst: Vec<Value> = lines[6000..6010].iter().map(|l| serde_json::from_str::<Value>(l).unwrap()["features"].clone()).collect();
+        let body = serde_json::to_vec(&serde_json::json!({ "instances": inst })).unwrap();
+        if run == "open" {
+            wait_for("every published version to finish", T, || {
+                let v = versions(&ps.http);
+                v.iter().filter(|x| x["status"] != "SKIPPED").all(|x| x["status"] == "FINISHED").then_some(v)
+            })
+            .unwrap();
+            let newest = versions(&ps.http).into_iter().find(|x| x["status"] == "FINISHED").unwrap();
+            let newest = newest["version"].as_u64().unwrap();
+            assert!(newest > 1);
+            for n in [&a, &b] {
+                wait_served(&n.rest_addr, newest);
+                let mut c = HttpClient::connect(&n.rest_addr).unwrap();
+                let (v, preds) = predict(&mut c, &body);
+                assert_eq!(v, newest);
+                assert!(preds.iter().flatten().all(|p| p.is_finite() && *p > 0.0 && *p < 1.0));
+            }
+            let fin = versions(&ps.http).into_iter().find(|x| x["kind"] == "sparse" && x["status"] == "FINISHED").unwrap();
+            assert!(fin["auc"]["global"].as_f64().unwrap() >= 0.5);
+            assert!(fin["rows"].as_u64().unwrap() > 0);
+            assert_eq!(fin["base"], 1);
+        } else {
+            let v = versions(&ps.http);
+            assert!(v.len() >= 3);
+            for x in v.iter().filter(|x| x["version"] != 1) {
+                assert_eq!(x["status"], "SKIPPED", "{x}");
+                assert!(x["reason"].as_str().unwrap().contains("AUC"), "{x}");
+            }
+            let mut c = HttpClient::connect(&a.rest_addr).unwrap();
+            assert_eq!(predict(&mut c, &body).0, 1);
+        }
+        drop((a, b));
+        stop_ps(ps);
+    }
+}

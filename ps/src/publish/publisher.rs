@@ -48,6 +48,16 @@ pub struct Publisher {
     /// Cancelled when publishing stops, so subscription streams end and a graceful
     /// gRPC shutdown does not wait on them forever.
     closing: CancellationToken,
+    /// The dense tensors of the last full or dense cut (published or skipped): an
+    /// unchanged snapshot (no training since) is not published again.
+    last_dense: Mutex<Option<Vec<(String, Vec<f32>)>>>,
+}
+
+fn same_dense(a: &[(String, Vec<f32>)], b: &[(String, Vec<f32>)]) -> bool {
+    a.len() == b.len()
+        && a.iter().zip(b).all(|((na, va), (nb, vb))| {
+            na == nb && va.len() == vb.len() && va.iter().zip(vb).all(|(x, y)| x.to_bits() == y.to_bits())
+        })
 }
 
 impl Publisher {
@@ -78,6 +88,7 @@ impl Publisher {
             cutting: Mutex::new(()),
             held_after: Mutex::new(None),
             closing: CancellationToken::new(),
+            last_dense: Mutex::new(None),
         }))
     }
 
@@ -179,6 +190,7 @@ impl Publisher {
             dense: self.source.dense_snapshot()?,
             rows: self.source.full_rows()?,
         };
+        *self.last_dense.lock().unwrap_or_else(|p| p.into_inner()) = Some(content.dense.clone());
         // Warm start, restart and rebase load a model an operator chose: only the
         // numerics gate applies. A periodic cut is trained state like any increment.
         let mut skip = if cause == FullCause::Periodic { auc_gate(&self.cfg, auc) } else { None };
@@ -205,6 +217,13 @@ impl Publisher {
         let dense = self.source.dense_snapshot()?;
         if dense.is_empty() {
             return Ok(None);
+        }
+        {
+            let mut last = self.last_dense.lock().unwrap_or_else(|p| p.into_inner());
+            if last.as_deref().is_some_and(|l| same_dense(l, &dense)) {
+                return Ok(None);
+            }
+            *last = Some(dense.clone());
         }
         let progress = self.source.progress();
         let auc = gate_auc(&progress);
@@ -448,8 +467,12 @@ mod tests {
         let content = payload::decode(&p.registry().payload(s.version()).unwrap()).unwrap();
         assert_eq!(content.rows[0].keys, vec![2]);
         assert_eq!(content.rows[0].deleted, vec![3]);
+        // Unchanged dense tensors (no training since the full version): no version.
+        assert!(p.publish_dense().unwrap().is_none());
+        src.set_dense("w", vec![0.25, 0.5]);
         let d = p.publish_dense().unwrap().unwrap();
         assert_eq!((d.version(), d.record.kind), (Version(3), VersionKind::Dense));
+        assert!(p.publish_dense().unwrap().is_none());
     }
 
     #[test]
@@ -462,6 +485,7 @@ mod tests {
         assert_eq!(s.record.status, VersionStatus::Skipped);
         assert!(s.record.reason.as_deref().unwrap().contains("global_auc_threshold"));
         assert_eq!(src.pending("emb"), 2);
+        src.set_dense("w", vec![0.1, 0.1]);
         let d = p.publish_dense().unwrap().unwrap();
         assert_eq!(d.record.status, VersionStatus::Skipped);
         // Once the model is good enough, the pending rows go out.
@@ -569,18 +593,23 @@ mod tests {
                 panic!("no {n} versions");
             }
         };
-        src.set_rows("emb", &[4], &[1.0, 1.0]);
-        wait_for(3).await;
-        let kinds: Vec<VersionKind> = reg.list().unwrap().iter().rev().map(|v| v.kind).take(3).collect();
-        // Rows set before the warm start are in the full version; no sparse increment.
-        assert_eq!(kinds[0], VersionKind::Full);
-        assert!(kinds[1..].iter().all(|k| *k == VersionKind::Dense), "{kinds:?}");
+        wait_for(1).await;
+        assert_eq!(reg.list().unwrap()[0].kind, VersionKind::Full);
+        // Training changes the dense tensors and some rows: the timers publish both.
+        src.set_dense("w", vec![0.7, 0.7]);
         src.set_rows("emb", &[5], &[1.0, 1.0]);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        while !reg.list().unwrap().iter().any(|v| v.kind == VersionKind::Sparse) {
-            assert!(tokio::time::Instant::now() < deadline, "no sparse version");
+        loop {
+            let kinds: Vec<VersionKind> = reg.list().unwrap().iter().map(|v| v.kind).collect();
+            if kinds.contains(&VersionKind::Dense) && kinds.contains(&VersionKind::Sparse) {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "no dense and sparse versions: {kinds:?}");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        // Nothing changed since: no further versions, however long the timers run.
+        let n = reg.list().unwrap().len();
+        assert!(n <= 3, "{n}");
         cancel.cancel();
         task.await.unwrap().unwrap();
     }
