@@ -28,6 +28,10 @@ impl<T: Copy> Arena<T> {
         self.len
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
     pub fn stride(&self) -> usize {
         self.stride
     }
@@ -41,7 +45,7 @@ impl<T: Copy> Arena<T> {
     pub fn push(&mut self, record: &[T]) -> usize {
         debug_assert_eq!(record.len(), self.stride);
         let slot = self.len;
-        if slot % CHUNK_RECORDS == 0 {
+        if slot.is_multiple_of(CHUNK_RECORDS) {
             let cap = if self.chunks.is_empty() {
                 self.stride * 16
             } else {
@@ -126,7 +130,7 @@ mod tests {
         assert_eq!(a.get(3), &[(n - 1) as u32, n as u32]);
         assert_eq!(a.len(), n - 1);
         // Drain everything; chunks are released.
-        while a.len() > 0 {
+        while !a.is_empty() {
             a.swap_remove(0);
         }
         assert_eq!(a.chunks.len(), 0);

@@ -110,7 +110,7 @@ fn floats_to_bytes(v: &[f32]) -> Vec<u8> {
 }
 
 fn bytes_to_floats(b: &[u8], path: &Path, what: &str) -> Result<Vec<f32>> {
-    if b.len() % 4 != 0 {
+    if !b.len().is_multiple_of(4) {
         return Err(PsError::checkpoint(
             path,
             format!("{what}: {} bytes is not whole floats", b.len()),
@@ -381,8 +381,17 @@ mod tests {
         let (mut k, mut r) = (Vec::new(), Vec::new());
         decode_blob(&b, 2, &mut k, &mut r).unwrap();
         assert_eq!((k.as_slice(), r.as_slice()), (&keys[..], &recs[..]));
-        assert!(decode_blob(&b, 3, &mut k, &mut r).is_err(), "wrong record length");
-        assert!(decode_blob(&b[..b.len() - 1], 2, &mut k, &mut r).is_err(), "truncated");
-        assert!(decode_blob(&b[..2], 2, &mut k, &mut r).is_err(), "no header");
+        assert!(
+            decode_blob(&b, 3, &mut k, &mut r).is_err(),
+            "wrong record length"
+        );
+        assert!(
+            decode_blob(&b[..b.len() - 1], 2, &mut k, &mut r).is_err(),
+            "truncated"
+        );
+        assert!(
+            decode_blob(&b[..2], 2, &mut k, &mut r).is_err(),
+            "no header"
+        );
     }
 }

@@ -18,6 +18,10 @@ impl DenseTensor {
         self.spec.init.len()
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.spec.init.is_empty()
+    }
+
     pub fn weights(&self) -> Vec<f32> {
         let mut w = vec![0.0; self.len()];
         optimizer::read_weights(&self.spec.optimizer, &self.record, &mut w);

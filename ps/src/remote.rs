@@ -396,6 +396,9 @@ fn check_dense_push(
     Ok(())
 }
 
+/// One shard's part of a sparse push: shard, keys, gradients.
+type ShardPush = (usize, Vec<u64>, Vec<f32>);
+
 /// A batch of keys split by shard: per shard, its keys and their positions in the batch.
 fn split_keys(keys: &[FeatureId], n: usize) -> Vec<(usize, Vec<u64>, Vec<usize>)> {
     let mut per: Vec<(Vec<u64>, Vec<usize>)> = vec![(Vec::new(), Vec::new()); n];
@@ -416,7 +419,7 @@ impl ParamRead for RemoteStore {
         if keys.is_empty() {
             return Ok(());
         }
-        if out.len() % keys.len() != 0 {
+        if !out.len().is_multiple_of(keys.len()) {
             return Err(ParamError::Invalid(format!(
                 "pull_sparse {table:?}: output of {} floats for {} keys",
                 out.len(),
@@ -552,7 +555,7 @@ impl ParamStore for RemoteStore {
         if keys.is_empty() {
             return Ok(());
         }
-        if grads.len() % keys.len() != 0 {
+        if !grads.len().is_multiple_of(keys.len()) {
             return Err(ParamError::Invalid(format!(
                 "push_sparse {table:?}: {} gradient floats for {} keys",
                 grads.len(),
@@ -563,7 +566,7 @@ impl ParamStore for RemoteStore {
         let dim = grads.len() / keys.len();
         let parts = split_keys(keys, self.shard_count());
         let which: Vec<usize> = parts.iter().map(|p| p.0).collect();
-        let requests: Arc<Vec<(usize, Vec<u64>, Vec<f32>)>> = Arc::new(
+        let requests: Arc<Vec<ShardPush>> = Arc::new(
             parts
                 .into_iter()
                 .map(|(i, k, pos)| {

@@ -85,6 +85,10 @@ impl RowShard {
         self.records.len()
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
     #[inline]
     fn find(&self, key: u64) -> Option<usize> {
         let records = &self.records;

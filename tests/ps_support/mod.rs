@@ -71,6 +71,7 @@ pub fn start(args: &[String]) -> Shard {
             }
             Err(_) => {
                 let _ = child.kill();
+                let _ = child.wait();
                 panic!("odl ps never became ready; stderr:\n{}", seen.join("\n"));
             }
         }

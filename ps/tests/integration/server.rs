@@ -151,7 +151,7 @@ fn bad_requests_get_invalid_argument_and_rows_stay_intact() {
     let remote = c.client();
     remote.declare(&schema()).unwrap();
     let ks = spread(10);
-    remote.push_sparse("emb", &ks, &vec![0.1; 40]).unwrap();
+    remote.push_sparse("emb", &ks, &[0.1; 40]).unwrap();
     let mut before = vec![0.0; 40];
     remote.pull_sparse("emb", &ks, &mut before).unwrap();
     invalid(remote.push_sparse("nope", &ks, &[0.0; 40]), "unknown table");
@@ -189,7 +189,7 @@ fn bad_requests_get_invalid_argument_and_rows_stay_intact() {
     let wrong = RemoteStore::connect(RemoteOptions::new(vec![c.grpc[0].clone()], "w")).unwrap();
     invalid(wrong.declare(&schema()), "client routes over 1 shards");
     invalid(
-        wrong.push_sparse("emb", &ks, &vec![0.1; 40]),
+        wrong.push_sparse("emb", &ks, &[0.1; 40]),
         "not owned by shard 0/2",
     );
     remote.pull_sparse("emb", &ks, &mut after).unwrap();
@@ -236,7 +236,7 @@ fn the_server_itself_validates_every_call() {
     let remote = c.client();
     remote.declare(&schema()).unwrap();
     let ks = spread(4);
-    remote.push_sparse("emb", &ks, &vec![0.2; 16]).unwrap();
+    remote.push_sparse("emb", &ks, &[0.2; 16]).unwrap();
     let mut before = vec![0.0; 16];
     remote.pull_sparse("emb", &ks, &mut before).unwrap();
     let addr = format!("http://{}", c.grpc[0]);

@@ -78,7 +78,7 @@ fn bad_requests_are_invalid_and_leave_rows_untouched() {
     let s = LocalStore::default();
     s.declare(&schema()).unwrap();
     let k = keys(0..3);
-    s.push_sparse("emb", &k, &vec![0.1; 12]).unwrap();
+    s.push_sparse("emb", &k, &[0.1; 12]).unwrap();
     let before = pull(&s, "emb", &k, 4);
     invalid(s.push_sparse("nope", &k, &[0.0; 12]), "unknown table");
     invalid(s.push_sparse("emb", &k, &[0.0; 11]), "gradient floats");
@@ -210,12 +210,12 @@ fn ttl_evicts_idle_rows_and_records_deletions() {
 fn skipped_publish_restores_changes() {
     let s = LocalStore::default();
     s.declare(&schema()).unwrap();
-    s.push_sparse("emb", &keys(0..10), &vec![0.1; 40]).unwrap();
+    s.push_sparse("emb", &keys(0..10), &[0.1; 40]).unwrap();
     let c = s.take_changes();
     assert_eq!(c.len(), 10);
     assert!(s.take_changes().is_empty());
     s.restore_changes(c.clone());
-    s.push_sparse("emb", &keys(10..12), &vec![0.1; 8]).unwrap();
+    s.push_sparse("emb", &keys(10..12), &[0.1; 8]).unwrap();
     let again = s.take_changes();
     let mut up = again.tables[0].upserted.clone();
     up.sort();
