@@ -354,11 +354,16 @@ impl Drop for Proc {
 
 /// Start an `odl ps` shard on free ports and wait (bounded) for its ready line.
 fn start_shard(dir: &Path, i: usize, n: usize) -> (Proc, String) {
+    start_shard_with(dir, i, n, "127.0.0.1:0", "")
+}
+
+/// Start an `odl ps` shard at `grpc` with extra config lines; its gRPC address.
+fn start_shard_with(dir: &Path, i: usize, n: usize, grpc: &str, extra: &str) -> (Proc, String) {
     let cfg = dir.join(format!("ps-{i}.toml"));
     std::fs::write(
         &cfg,
         format!(
-            "shard_index = {i}\nshard_count = {n}\ngrpc_addr = \"127.0.0.1:0\"\nhttp_addr = \"127.0.0.1:0\"\n[odl_model_update]\nopen = false\n"
+            "shard_index = {i}\nshard_count = {n}\ngrpc_addr = \"{grpc}\"\nhttp_addr = \"127.0.0.1:0\"\n{extra}[odl_model_update]\nopen = false\n"
         ),
     )
     .expect("write");
@@ -470,4 +475,77 @@ fn two_workers_and_two_shards_learn_like_file_mode() {
         w.iter().all(|a| (a - f).abs() < 0.025),
         "current: {w:?} vs {f}"
     );
+}
+
+#[test]
+fn a_worker_survives_a_shard_killed_and_restarted() {
+    let d = data();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let samples = dir.path().join("s.jsonl");
+    slice_lines(&d.samples, &samples, 0, 150_000);
+    // Shard 1 must come back on the same port: take a free one.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let fixed = format!("127.0.0.1:{port}");
+    let ckpt = dir.path().join("ckpt-1");
+    let extra = format!(
+        "checkpoint_dir = \"{}\"\ncheckpoint_interval_secs = 1\n",
+        p(&ckpt)
+    );
+    let (_s0, a0) = start_shard(dir.path(), 0, 2);
+    let (s1, a1) = start_shard_with(dir.path(), 1, 2, &fixed, &extra);
+    let cfg = dir.path().join("worker.toml");
+    let report = dir.path().join("w.json");
+    std::fs::write(
+        &cfg,
+        format!(
+            "ps = [\"{a0}\", \"{a1}\"]\nsamples = \"{}\"\nworker = \"0/1\"\nthreads = 1\nprogress_interval_secs = 1\nreport = \"{}\"\n",
+            p(&samples),
+            p(&report)
+        ),
+    )
+    .expect("write");
+    let mut worker = Command::new(BIN)
+        .args(["train", "--config", p(&cfg)])
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("worker");
+    let stderr = worker.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut all = String::new();
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.starts_with("train:") {
+                tx.send(()).ok();
+            }
+            all.push_str(&line);
+            all.push('\n');
+        }
+        all
+    });
+    // Mid-training (the first progress line) and after a checkpoint of shard 1.
+    rx.recv_timeout(Duration::from_secs(120))
+        .expect("worker makes progress");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !ckpt.join("manifest.json").exists() {
+        assert!(Instant::now() < deadline, "shard 1 wrote no checkpoint");
+        std::thread::yield_now();
+    }
+    drop(s1); // SIGKILL
+    let (_s1, _) = start_shard_with(dir.path(), 1, 2, &fixed, &extra);
+    let status = worker.wait().expect("worker ends");
+    let err = reader.join().expect("stderr reader");
+    assert!(status.success(), "worker failed:\n{err}");
+    let reconnects: u64 = err
+        .lines()
+        .find_map(|l| l.strip_prefix("reconnects: "))
+        .and_then(|n| n.trim().parse().ok())
+        .expect("the worker reports its reconnects");
+    assert!(reconnects >= 1, "{err}");
+    let r = read_json(&report);
+    assert_eq!(r["samples"], 150_000, "no batch lost");
+    assert!(auc(&r, "click", "current") > 0.65, "{r}");
 }
