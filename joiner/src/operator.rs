@@ -27,7 +27,7 @@ use crate::parse::{Key, Malformed, ParsedEvent, Parser};
 use crate::stats::JoinStats;
 use odl_proto::event::StreamKind;
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::io::Write;
 
@@ -114,6 +114,45 @@ struct Timer {
     kind: TimerKind,
 }
 
+/// Timers bucketed by deadline (about a second per bucket). Deadlines arrive nearly in
+/// order, so a push lands in one of the last buckets and a due bucket is sorted once,
+/// which costs far less than a binary heap's cache-missing sift per timer.
+#[derive(Default)]
+struct Timers {
+    buckets: BTreeMap<i64, Vec<Timer>>,
+}
+
+const BUCKET_SHIFT: u32 = 10;
+
+impl Timers {
+    fn push(&mut self, t: Timer) {
+        self.buckets.entry(t.deadline >> BUCKET_SHIFT).or_default().push(t);
+    }
+
+    /// Moves every timer with `deadline < limit` (all of them for `None`) into `due`,
+    /// in `(deadline, seq)` order.
+    fn pop_due(&mut self, limit: Option<i64>, due: &mut Vec<Timer>) {
+        while let Some(mut entry) = self.buckets.first_entry() {
+            let start = *entry.key() << BUCKET_SHIFT;
+            if limit.is_some_and(|l| start >= l) {
+                break;
+            }
+            let bucket = entry.get_mut();
+            bucket.sort_unstable_by_key(|t| (t.deadline, t.seq));
+            let n = match limit {
+                Some(l) => bucket.partition_point(|t| t.deadline < l),
+                None => bucket.len(),
+            };
+            if n == bucket.len() {
+                due.append(&mut entry.remove());
+            } else {
+                due.extend(bucket.drain(..n));
+                break;
+            }
+        }
+    }
+}
+
 struct Ready {
     held: Held,
     feature: Feature,
@@ -144,7 +183,8 @@ pub struct Joiner {
     /// End of input: every timer fires, nothing is kept.
     flushing: bool,
     keys: KeyMap<KeyState>,
-    timers: BinaryHeap<Reverse<Timer>>,
+    timers: Timers,
+    due: Vec<Timer>,
     ready: VecDeque<Ready>,
     dead: VecDeque<DeadLetter>,
     stats: JoinStats,
@@ -169,7 +209,8 @@ impl Joiner {
             seq: 0,
             flushing: false,
             keys: KeyMap::default(),
-            timers: BinaryHeap::new(),
+            timers: Timers::default(),
+            due: Vec::new(),
             ready: VecDeque::new(),
             dead: VecDeque::new(),
             stats: JoinStats::default(),
@@ -334,7 +375,7 @@ impl Joiner {
         }
         state.exposure = Some(held);
         let deadline = t.saturating_add(self.emit_delay);
-        self.timers.push(Reverse(Timer { deadline, seq: self.seq, key: ev.key, kind: TimerKind::Exposure }));
+        self.timers.push(Timer { deadline, seq: self.seq, key: ev.key, kind: TimerKind::Exposure });
     }
 
     fn on_click(&mut self, ev: &ParsedEvent<'_>) {
@@ -360,7 +401,7 @@ impl Joiner {
             state.clicks.push(ev.ts);
             TimerKind::Click
         };
-        self.timers.push(Reverse(Timer { deadline: ev.ts, seq: self.seq, key: ev.key, kind }));
+        self.timers.push(Timer { deadline: ev.ts, seq: self.seq, key: ev.key, kind });
     }
 
     fn on_feature(&mut self, ev: &ParsedEvent<'_>) {
@@ -375,18 +416,20 @@ impl Joiner {
         }
         state.features.push(f);
         let deadline = ev.ts.saturating_add(self.lookback);
-        self.timers.push(Reverse(Timer { deadline, seq: self.seq, key: ev.key, kind: TimerKind::Feature }));
+        self.timers.push(Timer { deadline, seq: self.seq, key: ev.key, kind: TimerKind::Feature });
     }
 
-    /// Fires every timer the watermark has passed (all of them when flushing).
+    /// Fires every timer the watermark has passed (all of them when flushing). Timers
+    /// that firing adds are never due in the same pass (their deadline is at or past
+    /// the watermark, and a flush adds none).
     fn fire_timers(&mut self) {
-        while let Some(Reverse(t)) = self.timers.peek() {
-            if !self.flushing && t.deadline >= self.watermark {
-                break;
-            }
-            let Some(Reverse(t)) = self.timers.pop() else { break };
+        let mut due = std::mem::take(&mut self.due);
+        let limit = if self.flushing { None } else { Some(self.watermark) };
+        self.timers.pop_due(limit, &mut due);
+        for t in due.drain(..) {
             self.fire(t);
         }
+        self.due = due;
     }
 
     fn fire(&mut self, t: Timer) {
@@ -432,7 +475,7 @@ impl Joiner {
             if self.flushing || deadline < self.watermark {
                 self.stats.feature.unjoined += 1;
             } else {
-                self.timers.push(Reverse(Timer { deadline, seq: f.seq, key, kind: TimerKind::Feature }));
+                self.timers.push(Timer { deadline, seq: f.seq, key, kind: TimerKind::Feature });
                 if let Some(s) = self.keys.get_mut(&key) {
                     s.features.push(f);
                 }
@@ -497,7 +540,7 @@ fn render_sample(out: &mut Vec<u8>, r: &Ready) {
 /// is copied as bytes; only if it could already hold a `*_label` key (rare) is it
 /// parsed, so the labels replace rather than repeat that key.
 fn splice_features(out: &mut Vec<u8>, raw: &str, click: u8, detail: u8) {
-    let suspicious = memchr::memmem::find(raw.as_bytes(), b"_label").is_some() || raw.contains("\\u");
+    let suspicious = raw.contains("_label") || raw.contains("\\u");
     if suspicious {
         if let Ok(mut map) = serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(raw) {
             map.insert("click_label".into(), click.into());
