@@ -232,8 +232,12 @@ impl Mmoe {
             g.dense[self.gates.w][r * cg..(r + 1) * cg].copy_from_slice(&row[ce..]);
         }
         let db = dy.sum_axis(Axis(0));
-        g.dense[self.experts.b].copy_from_slice(&db.as_slice().unwrap_or(&[])[..ce]);
-        g.dense[self.gates.b].copy_from_slice(&db.as_slice().unwrap_or(&[])[ce..]);
+        for (k, v) in db.iter().enumerate() {
+            match k.checked_sub(ce) {
+                None => g.dense[self.experts.b][k] = *v,
+                Some(j) => g.dense[self.gates.b][j] = *v,
+            }
+        }
         let mut dx = Array2::<f32>::zeros(x.dim());
         general_mat_mul(1.0, &dy, &w.t(), 0.0, &mut dx);
         scatter_pooled(batch, dx.view(), self.dim, &mut g.tables[self.emb]);
