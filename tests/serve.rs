@@ -38,8 +38,16 @@ struct Truth {
 
 impl Truth {
     fn new(schema: &ModelSchema) -> Truth {
-        let dense = schema.dense.iter().map(|d| (d.name.clone(), d.init.clone())).collect();
-        Truth { schema: schema.clone(), dense, rows: HashMap::new() }
+        let dense = schema
+            .dense
+            .iter()
+            .map(|d| (d.name.clone(), d.init.clone()))
+            .collect();
+        Truth {
+            schema: schema.clone(),
+            dense,
+            rows: HashMap::new(),
+        }
     }
 
     /// Set rows of every table for `keys` (value depends on `salt`), in both places.
@@ -47,7 +55,9 @@ impl Truth {
         for t in &self.schema.tables {
             let mut values = Vec::new();
             for (i, k) in keys.iter().enumerate() {
-                let row: Vec<f32> = (0..t.dim).map(|j| ((i * 7 + j) % 13) as f32 * 0.01 * salt - 0.05).collect();
+                let row: Vec<f32> = (0..t.dim)
+                    .map(|j| ((i * 7 + j) % 13) as f32 * 0.01 * salt - 0.05)
+                    .collect();
                 self.rows.insert((t.name.clone(), *k), row.clone());
                 values.extend(row);
             }
@@ -64,8 +74,18 @@ impl Truth {
 }
 
 impl ParamRead for Truth {
-    fn pull_sparse(&self, table: &str, keys: &[FeatureId], out: &mut [f32]) -> Result<(), ParamError> {
-        let spec = self.schema.tables.iter().find(|t| t.name == table).ok_or_else(|| ParamError::Invalid(table.into()))?;
+    fn pull_sparse(
+        &self,
+        table: &str,
+        keys: &[FeatureId],
+        out: &mut [f32],
+    ) -> Result<(), ParamError> {
+        let spec = self
+            .schema
+            .tables
+            .iter()
+            .find(|t| t.name == table)
+            .ok_or_else(|| ParamError::Invalid(table.into()))?;
         for (k, o) in keys.iter().zip(out.chunks_exact_mut(spec.dim)) {
             match self.rows.get(&(table.to_string(), k.0)) {
                 Some(r) => o.copy_from_slice(r),
@@ -75,7 +95,15 @@ impl ParamRead for Truth {
         Ok(())
     }
     fn pull_dense(&self, names: &[String]) -> Result<Vec<Vec<f32>>, ParamError> {
-        names.iter().map(|n| self.dense.get(n).cloned().ok_or_else(|| ParamError::Invalid(n.clone()))).collect()
+        names
+            .iter()
+            .map(|n| {
+                self.dense
+                    .get(n)
+                    .cloned()
+                    .ok_or_else(|| ParamError::Invalid(n.clone()))
+            })
+            .collect()
     }
 }
 
@@ -96,17 +124,29 @@ fn setup(mut cfg: PublishConfig) -> Setup {
     let src = Arc::new(MemorySource::new(model.schema().clone()));
     let mut truth = Truth::new(model.schema());
     truth.set_rows(&src, &user_keys(0..50), 1.0);
-    let local = LocalPublisher::start(cfg, &dir.path().join("versions"), src.clone(), false).unwrap();
+    let local =
+        LocalPublisher::start(cfg, &dir.path().join("versions"), src.clone(), false).unwrap();
     local.publisher.cut_full(FullCause::WarmStart).unwrap();
-    Setup { _dir: dir, model, src, truth, local }
+    Setup {
+        _dir: dir,
+        model,
+        src,
+        truth,
+        local,
+    }
 }
 
 fn open_gates() -> PublishConfig {
-    PublishConfig { global_auc_threshold: 0.0, current_auc_threshold: 0.0, ..Default::default() }
+    PublishConfig {
+        global_auc_threshold: 0.0,
+        current_auc_threshold: 0.0,
+        ..Default::default()
+    }
 }
 
 fn user_keys(r: std::ops::Range<usize>) -> Vec<u64> {
-    r.map(|i| feature_id("user_id", &format!("u{i}")).0).collect()
+    r.map(|i| feature_id("user_id", &format!("u{i}")).0)
+        .collect()
 }
 
 /// Instances whose users have published rows.
@@ -137,35 +177,57 @@ fn served_version(addr: &str) -> Option<u64> {
     let mut c = HttpClient::connect(addr).ok()?;
     let (s, b) = c.get(&format!("/v1/models/{MODEL}")).ok()?;
     let v: Value = serde_json::from_slice(&b).ok()?;
-    (s == 200 && v["state"] == "AVAILABLE").then(|| v["version"].as_u64()).flatten()
+    (s == 200 && v["state"] == "AVAILABLE")
+        .then(|| v["version"].as_u64())
+        .flatten()
 }
 
 fn wait_served(addr: &str, at_least: u64) {
-    wait_for(&format!("{addr} to serve version {at_least}"), T, || served_version(addr).filter(|v| *v >= at_least)).unwrap();
+    wait_for(&format!("{addr} to serve version {at_least}"), T, || {
+        served_version(addr).filter(|v| *v >= at_least)
+    })
+    .unwrap();
 }
 
 fn predict(c: &mut HttpClient, body: &[u8]) -> (u64, Vec<[f64; 2]>) {
-    let (s, b) = c.post(&format!("/v1/models/{MODEL}:predict"), body).unwrap();
+    let (s, b) = c
+        .post(&format!("/v1/models/{MODEL}:predict"), body)
+        .unwrap();
     assert_eq!(s, 200, "{}", String::from_utf8_lossy(&b));
     let v: Value = serde_json::from_slice(&b).unwrap();
     let preds = v["predictions"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|p| [p["click"].as_f64().unwrap(), p["detail_click"].as_f64().unwrap()])
+        .map(|p| {
+            [
+                p["click"].as_f64().unwrap(),
+                p["detail_click"].as_f64().unwrap(),
+            ]
+        })
         .collect();
     (v["version"].as_u64().unwrap(), preds)
 }
 
 fn expected(model: &Model, truth: &Truth, inst: &[Value]) -> Vec<[f64; 2]> {
-    model.predict(truth, inst).unwrap().iter().map(|p| [p[0] as f64, p[1] as f64]).collect()
+    model
+        .predict(truth, inst)
+        .unwrap()
+        .iter()
+        .map(|p| [p[0] as f64, p[1] as f64])
+        .collect()
 }
 
 fn assert_close(got: &[[f64; 2]], want: &[[f64; 2]], what: &str) {
     assert_eq!(got.len(), want.len());
     for (g, w) in got.iter().zip(want) {
         for t in 0..2 {
-            assert!((g[t] - w[t]).abs() <= 1e-6, "{what}: served {} vs trainer {}", g[t], w[t]);
+            assert!(
+                (g[t] - w[t]).abs() <= 1e-6,
+                "{what}: served {} vs trainer {}",
+                g[t],
+                w[t]
+            );
         }
     }
 }
@@ -175,7 +237,10 @@ fn status(local: &LocalPublisher, v: u64) -> VersionStatus {
 }
 
 fn wait_status(local: &LocalPublisher, v: u64, want: VersionStatus) {
-    wait_for(&format!("version {v} to be {want:?}"), T, || (status(local, v) == want).then_some(())).unwrap();
+    wait_for(&format!("version {v} to be {want:?}"), T, || {
+        (status(local, v) == want).then_some(())
+    })
+    .unwrap();
 }
 
 /// Two nodes apply every version and confirm it (FINISHED); while versions are
@@ -220,9 +285,16 @@ fn two_nodes_finish_every_version_and_answers_match_the_version_they_report() {
     stop.store(true, Ordering::Relaxed);
     let seen = load.join().unwrap();
     let versions: std::collections::BTreeSet<u64> = seen.iter().map(|(v, _)| *v).collect();
-    assert!(versions.len() >= 3, "responses covered versions {versions:?}");
+    assert!(
+        versions.len() >= 3,
+        "responses covered versions {versions:?}"
+    );
     for (v, preds) in &seen {
-        assert_close(preds, &expected(&s.model, &truths[v], &inst), &format!("version {v}"));
+        assert_close(
+            preds,
+            &expected(&s.model, &truths[v], &inst),
+            &format!("version {v}"),
+        );
     }
     for v in 1..=last {
         wait_status(&s.local, v, VersionStatus::Finished);
@@ -240,11 +312,20 @@ fn two_nodes_finish_every_version_and_answers_match_the_version_they_report() {
 /// keeps the warm-start version. A NaN in a dense weight is caught by check_numerics.
 #[test]
 fn gates_skip_with_reasons_and_serving_keeps_its_version() {
-    let cfg = PublishConfig { global_auc_threshold: 0.99, current_auc_threshold: 0.99, ..Default::default() };
+    let cfg = PublishConfig {
+        global_auc_threshold: 0.99,
+        current_auc_threshold: 0.99,
+        ..Default::default()
+    };
     let mut s = setup(cfg);
     s.src.set_progress(odl_proto::params::TrainProgress {
         samples: 1000,
-        tasks: vec![odl_proto::params::TaskProgress { task: "click".into(), samples: 1000, global_auc: 0.72, current_auc: 0.7 }],
+        tasks: vec![odl_proto::params::TaskProgress {
+            task: "click".into(),
+            samples: 1000,
+            global_auc: 0.72,
+            current_auc: 0.7,
+        }],
     });
     let n = node(&s.local.grpc_url(), "gated", &[]);
     wait_served(&n.rest_addr, 1);
@@ -257,13 +338,19 @@ fn gates_skip_with_reasons_and_serving_keeps_its_version() {
     for v in [&d, &sp] {
         assert_eq!(v.record.status, VersionStatus::Skipped);
         let r = v.record.reason.as_deref().unwrap();
-        assert!(r.contains("global AUC 0.7200 < global_auc_threshold 0.9900"), "{r}");
+        assert!(
+            r.contains("global AUC 0.7200 < global_auc_threshold 0.9900"),
+            "{r}"
+        );
     }
     let mut c = HttpClient::connect(&n.rest_addr).unwrap();
     let (v, _) = predict(&mut c, &body);
     assert_eq!(v, 1);
     let list = s.local.publisher.registry().list().unwrap();
-    assert!(list.iter().filter(|r| r.version.0 > 1).all(|r| r.status == VersionStatus::Skipped));
+    assert!(list
+        .iter()
+        .filter(|r| r.version.0 > 1)
+        .all(|r| r.status == VersionStatus::Skipped));
 
     // check_numerics: a NaN pushed into a dense weight never reaches the node.
     let mut s = setup(open_gates());
@@ -275,14 +362,30 @@ fn gates_skip_with_reasons_and_serving_keeps_its_version() {
     s.src.set_dense(&name, bad);
     let d = s.local.publisher.publish_dense().unwrap().unwrap();
     assert_eq!(d.record.status, VersionStatus::Skipped);
-    assert_eq!(d.record.reason.as_deref(), Some(format!("non-finite value in dense tensor {name}").as_str()));
+    assert_eq!(
+        d.record.reason.as_deref(),
+        Some(format!("non-finite value in dense tensor {name}").as_str())
+    );
     let mut c = HttpClient::connect(&n.rest_addr).unwrap();
     let (v, preds) = predict(&mut c, &body);
     assert_eq!(v, 1);
     assert!(preds.iter().flatten().all(|p| p.is_finite()));
-    assert_close(&preds, &expected(&s.model, &s.truth, &inst), "after the NaN");
+    assert_close(
+        &preds,
+        &expected(&s.model, &s.truth, &inst),
+        "after the NaN",
+    );
     s.truth.scale_dense(&s.src, 1.0);
-    assert_eq!(s.local.publisher.publish_dense().unwrap().unwrap().record.status, VersionStatus::PushOnline);
+    assert_eq!(
+        s.local
+            .publisher
+            .publish_dense()
+            .unwrap()
+            .unwrap()
+            .record
+            .status,
+        VersionStatus::PushOnline
+    );
 }
 
 /// A node killed and restarted catches up (newest full version + increments) and
@@ -295,11 +398,33 @@ fn a_restarted_node_catches_up_and_confirms() {
     wait_served(&n.rest_addr, 1);
     wait_status(&s.local, 1, VersionStatus::Finished);
     drop(n);
-    wait_for("the node to unsubscribe", T, || s.local.publisher.registry().subscribers().is_empty().then_some(())).unwrap();
+    wait_for("the node to unsubscribe", T, || {
+        s.local
+            .publisher
+            .registry()
+            .subscribers()
+            .is_empty()
+            .then_some(())
+    })
+    .unwrap();
     s.truth.scale_dense(&s.src, 1.5);
-    let d = s.local.publisher.publish_dense().unwrap().unwrap().version().0;
+    let d = s
+        .local
+        .publisher
+        .publish_dense()
+        .unwrap()
+        .unwrap()
+        .version()
+        .0;
     s.truth.set_rows(&s.src, &user_keys(0..50), 2.0);
-    let sp = s.local.publisher.publish_sparse().unwrap().unwrap().version().0;
+    let sp = s
+        .local
+        .publisher
+        .publish_sparse()
+        .unwrap()
+        .unwrap()
+        .version()
+        .0;
     assert_eq!(status(&s.local, d), VersionStatus::PushOnline);
     let n = node(&url, "phoenix", &[]);
     wait_served(&n.rest_addr, sp);
@@ -319,7 +444,10 @@ fn a_restarted_node_catches_up_and_confirms() {
 /// A node that never confirms turns the versions it was sent to SWITCH_TIMEOUT.
 #[test]
 fn a_node_that_never_confirms_times_versions_out() {
-    let cfg = PublishConfig { switch_timeout_time: 1, ..open_gates() };
+    let cfg = PublishConfig {
+        switch_timeout_time: 1,
+        ..open_gates()
+    };
     let s = setup(cfg);
     let dir = tempfile::tempdir().unwrap();
     let conf = dir.path().join("silent.toml");
@@ -329,12 +457,19 @@ fn a_node_that_never_confirms_times_versions_out() {
     let timer = {
         let cancel = cancel.clone();
         std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
             // Only the switch-timeout checks matter here; increments wait 10 min.
             rt.block_on(run.run(cancel))
         })
     };
-    let n = node(&s.local.grpc_url(), "silent", &["--config", conf.to_str().unwrap()]);
+    let n = node(
+        &s.local.grpc_url(),
+        "silent",
+        &["--config", conf.to_str().unwrap()],
+    );
     wait_served(&n.rest_addr, 1);
     wait_status(&s.local, 1, VersionStatus::SwitchTimeout);
     cancel.cancel();
@@ -363,14 +498,20 @@ fn bad_requests_get_4xx_with_a_message() {
         let v: Value = serde_json::from_slice(&b).unwrap();
         assert!(v["error"].as_str().is_some_and(|m| !m.is_empty()));
     }
-    let (s, _) = c.post("/v1/models/other:predict", b"{\"instances\": []}").unwrap();
+    let (s, _) = c
+        .post("/v1/models/other:predict", b"{\"instances\": []}")
+        .unwrap();
     assert_eq!(s, 404);
     let (s, _) = c.get("/v1/models/other").unwrap();
     assert_eq!(s, 404);
-    let (s, _) = c.post(&format!("/v1/models/{MODEL}:classify"), b"{}").unwrap();
+    let (s, _) = c
+        .post(&format!("/v1/models/{MODEL}:classify"), b"{}")
+        .unwrap();
     assert_eq!(s, 404);
     // Still serving after all that.
-    let (s, b) = c.post(&path, b"{\"instances\": [{\"user_id\": \"u1\"}]}").unwrap();
+    let (s, b) = c
+        .post(&path, b"{\"instances\": [{\"user_id\": \"u1\"}]}")
+        .unwrap();
     assert_eq!(s, 200, "{}", String::from_utf8_lossy(&b));
 }
 
@@ -407,15 +548,31 @@ fn start_ps(dir: &Path, config: &Path) -> Ps {
         }
     });
     let line = rx.recv_timeout(T).expect("odl ps ready line");
-    let field = |k: &str| line.split_whitespace().find_map(|w| w.strip_prefix(k)).unwrap().to_string();
-    Ps { grpc: format!("http://{}", field("grpc=")), http: field("http="), child }
+    let field = |k: &str| {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(k))
+            .unwrap()
+            .to_string()
+    };
+    Ps {
+        grpc: format!("http://{}", field("grpc=")),
+        http: field("http="),
+        child,
+    }
 }
 
 /// SIGTERM, and the PS must exit by itself (checkpoint written, streams closed).
 fn stop_ps(mut ps: Ps) {
-    let _ = std::process::Command::new("kill").args(["-TERM", &ps.child.id().to_string()]).status();
-    let exited = wait_for("odl ps to exit on SIGTERM", T, || ps.child.try_wait().ok().flatten());
-    assert!(exited.is_ok_and(|s| s.success()), "odl ps did not exit cleanly on SIGTERM");
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &ps.child.id().to_string()])
+        .status();
+    let exited = wait_for("odl ps to exit on SIGTERM", T, || {
+        ps.child.try_wait().ok().flatten()
+    });
+    assert!(
+        exited.is_ok_and(|s| s.success()),
+        "odl ps did not exit cleanly on SIGTERM"
+    );
 }
 
 /// A loopback address free right now: the restarted PS must come back where the
@@ -449,11 +606,28 @@ fn odl_ps_keeps_history_across_a_restart_and_rolls_back_and_rebases() {
     )
     .unwrap();
     let ps = start_ps(dir.path(), &cfg);
-    wait_for("version 1", T, || (versions(&ps.http).len() == 1).then_some(())).unwrap();
+    wait_for("version 1", T, || {
+        (versions(&ps.http).len() == 1).then_some(())
+    })
+    .unwrap();
     let n = node(&ps.grpc, "follower", &[]);
-    wait_for("version 1 to finish", T, || (versions(&ps.http)[0]["status"] == "FINISHED").then_some(())).unwrap();
+    wait_for("version 1 to finish", T, || {
+        (versions(&ps.http)[0]["status"] == "FINISHED").then_some(())
+    })
+    .unwrap();
     let v1 = versions(&ps.http)[0].clone();
-    for key in ["version", "kind", "base", "status", "reason", "created_at", "effective_at", "rows", "samples_through", "auc"] {
+    for key in [
+        "version",
+        "kind",
+        "base",
+        "status",
+        "reason",
+        "created_at",
+        "effective_at",
+        "rows",
+        "samples_through",
+        "auc",
+    ] {
         assert!(v1.get(key).is_some(), "missing {key} in {v1}");
     }
     assert_eq!(v1.as_object().unwrap().len(), 10);
@@ -461,7 +635,10 @@ fn odl_ps_keeps_history_across_a_restart_and_rolls_back_and_rebases() {
 
     // The node notices and retries; the restarted PS cuts full version 2.
     let ps = start_ps(dir.path(), &cfg);
-    wait_for("version 2", T, || (versions(&ps.http).len() == 2).then_some(())).unwrap();
+    wait_for("version 2", T, || {
+        (versions(&ps.http).len() == 2).then_some(())
+    })
+    .unwrap();
     let list = versions(&ps.http);
     assert_eq!(list[0]["version"], 2);
     assert_eq!(list[0]["kind"], "full");
@@ -476,14 +653,33 @@ fn odl_ps_keeps_history_across_a_restart_and_rolls_back_and_rebases() {
 
     // Rollback: 401 without or with a wrong token, then a new full version.
     let mut c = HttpClient::connect(&ps.http).unwrap();
-    let (s, _) = c.request("POST", "/v1/versions/1:rollback", &[], b"").unwrap();
+    let (s, _) = c
+        .request("POST", "/v1/versions/1:rollback", &[], b"")
+        .unwrap();
     assert_eq!(s, 401);
-    let (s, _) = c.request("POST", "/v1/versions/1:rollback", &[("Authorization", "Bearer nope")], b"").unwrap();
+    let (s, _) = c
+        .request(
+            "POST",
+            "/v1/versions/1:rollback",
+            &[("Authorization", "Bearer nope")],
+            b"",
+        )
+        .unwrap();
     assert_eq!(s, 401);
-    let (s, b) = c.request("POST", "/v1/versions/1:rollback", &[("Authorization", "Bearer t0k")], b"").unwrap();
+    let (s, b) = c
+        .request(
+            "POST",
+            "/v1/versions/1:rollback",
+            &[("Authorization", "Bearer t0k")],
+            b"",
+        )
+        .unwrap();
     assert_eq!(s, 200, "{}", String::from_utf8_lossy(&b));
     let r: Value = serde_json::from_slice(&b).unwrap();
-    assert_eq!((r["version"].as_u64(), r["kind"].as_str()), (Some(3), Some("full")));
+    assert_eq!(
+        (r["version"].as_u64(), r["kind"].as_str()),
+        (Some(3), Some("full"))
+    );
     assert_eq!(r["reason"], "rollback to version 1");
     let (s, _) = c.get("/v1/versions/x1").unwrap();
     assert_eq!(s, 400);
@@ -492,19 +688,41 @@ fn odl_ps_keeps_history_across_a_restart_and_rolls_back_and_rebases() {
 
     // Rebase from the PS's own checkpoint directory (a batch checkpoint).
     let out = std::process::Command::new(exe())
-        .args(["ps", "rebase", "--checkpoint", dir.path().join("ckpt").to_str().unwrap(), "--grpc", &ps.grpc])
+        .args([
+            "ps",
+            "rebase",
+            "--checkpoint",
+            dir.path().join("ckpt").to_str().unwrap(),
+            "--grpc",
+            &ps.grpc,
+        ])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let rb: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!((rb["version"].as_u64(), rb["kind"].as_str()), (Some(4), Some("full")));
+    assert_eq!(
+        (rb["version"].as_u64(), rb["kind"].as_str()),
+        (Some(4), Some("full"))
+    );
     let bad = std::process::Command::new(exe())
-        .args(["ps", "rebase", "--checkpoint", "/nonexistent/ckpt", "--grpc", &ps.grpc])
+        .args([
+            "ps",
+            "rebase",
+            "--checkpoint",
+            "/nonexistent/ckpt",
+            "--grpc",
+            &ps.grpc,
+        ])
         .output()
         .unwrap();
     assert!(!bad.status.success());
     wait_for("version 4 to finish", T, || {
-        (versions(&ps.http)[0]["status"] == "FINISHED" && versions(&ps.http)[0]["version"] == 4).then_some(())
+        (versions(&ps.http)[0]["status"] == "FINISHED" && versions(&ps.http)[0]["version"] == 4)
+            .then_some(())
     })
     .unwrap();
     drop(n);
@@ -512,8 +730,16 @@ fn odl_ps_keeps_history_across_a_restart_and_rolls_back_and_rebases() {
 }
 
 fn odl(dir: &Path, args: &[&str]) {
-    let out = std::process::Command::new(exe()).current_dir(dir).args(args).output().unwrap();
-    assert!(out.status.success(), "odl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    let out = std::process::Command::new(exe())
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "odl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// simulate → join → batch train (warm start) → `odl ps` publishing every second while
@@ -526,13 +752,30 @@ fn end_to_end_simulate_join_train_publish_serve() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     odl(d, &["simulate", "--events", "60000", "--out", "ev.jsonl"]);
-    odl(d, &["join", "--input", "ev.jsonl", "--out", "s.jsonl", "--audit", "a.jsonl", "--stats", "st.json"]);
+    odl(
+        d,
+        &[
+            "join", "--input", "ev.jsonl", "--out", "s.jsonl", "--audit", "a.jsonl", "--stats",
+            "st.json",
+        ],
+    );
     let samples = std::fs::read_to_string(d.join("s.jsonl")).unwrap();
     let lines: Vec<&str> = samples.lines().collect();
     assert!(lines.len() > 10_000, "{} samples", lines.len());
     std::fs::write(d.join("batch.jsonl"), lines[..6000].join("\n") + "\n").unwrap();
     std::fs::write(d.join("stream.jsonl"), lines[6000..].join("\n") + "\n").unwrap();
-    odl(d, &["train", "--samples", "batch.jsonl", "--checkpoint-out", "batch", "--report", "br.json"]);
+    odl(
+        d,
+        &[
+            "train",
+            "--samples",
+            "batch.jsonl",
+            "--checkpoint-out",
+            "batch",
+            "--report",
+            "br.json",
+        ],
+    );
 
     for (run, threshold) in [("open", 0.5), ("gated", 0.95)] {
         let (grpc, http) = (free_addr(), free_addr());
@@ -564,19 +807,32 @@ fn end_to_end_simulate_join_train_publish_serve() {
         // The increments after training: a dense and a sparse one.
         wait_for("increments after training", T, || {
             let v = versions(&ps.http);
-            let kinds: Vec<&str> = v.iter().filter(|x| x["samples_through"].as_u64() > Some(0)).filter_map(|x| x["kind"].as_str()).collect();
+            let kinds: Vec<&str> = v
+                .iter()
+                .filter(|x| x["samples_through"].as_u64() > Some(0))
+                .filter_map(|x| x["kind"].as_str())
+                .collect();
             (kinds.contains(&"dense") && kinds.contains(&"sparse")).then_some(())
         })
         .unwrap();
-        let inst: Vec<Value> = lines[6000..6010].iter().map(|l| serde_json::from_str::<Value>(l).unwrap()["features"].clone()).collect();
+        let inst: Vec<Value> = lines[6000..6010]
+            .iter()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap()["features"].clone())
+            .collect();
         let body = serde_json::to_vec(&serde_json::json!({ "instances": inst })).unwrap();
         if run == "open" {
             wait_for("every published version to finish", T, || {
                 let v = versions(&ps.http);
-                v.iter().filter(|x| x["status"] != "SKIPPED").all(|x| x["status"] == "FINISHED").then_some(v)
+                v.iter()
+                    .filter(|x| x["status"] != "SKIPPED")
+                    .all(|x| x["status"] == "FINISHED")
+                    .then_some(v)
             })
             .unwrap();
-            let newest = versions(&ps.http).into_iter().find(|x| x["status"] == "FINISHED").unwrap();
+            let newest = versions(&ps.http)
+                .into_iter()
+                .find(|x| x["status"] == "FINISHED")
+                .unwrap();
             let newest = newest["version"].as_u64().unwrap();
             assert!(newest > 1);
             for n in [&a, &b] {
@@ -584,9 +840,15 @@ fn end_to_end_simulate_join_train_publish_serve() {
                 let mut c = HttpClient::connect(&n.rest_addr).unwrap();
                 let (v, preds) = predict(&mut c, &body);
                 assert_eq!(v, newest);
-                assert!(preds.iter().flatten().all(|p| p.is_finite() && *p > 0.0 && *p < 1.0));
+                assert!(preds
+                    .iter()
+                    .flatten()
+                    .all(|p| p.is_finite() && *p > 0.0 && *p < 1.0));
             }
-            let fin = versions(&ps.http).into_iter().find(|x| x["kind"] == "sparse" && x["status"] == "FINISHED").unwrap();
+            let fin = versions(&ps.http)
+                .into_iter()
+                .find(|x| x["kind"] == "sparse" && x["status"] == "FINISHED")
+                .unwrap();
             assert!(fin["auc"]["global"].as_f64().unwrap() >= 0.5);
             assert!(fin["rows"].as_u64().unwrap() > 0);
             assert_eq!(fin["base"], 1);
@@ -603,4 +865,34 @@ fn end_to_end_simulate_join_train_publish_serve() {
         drop((a, b));
         stop_ps(ps);
     }
+}
+
+/// A node owning a subset of the partitions receives only those rows; rows of other
+/// partitions read as their initial value, exactly like the trainer's unseen rows.
+#[test]
+fn a_node_owning_some_partitions_gets_only_their_rows() {
+    let cfg = PublishConfig {
+        update_partition_count: 4,
+        part_strategy: odl_ps::publish::PartStrategy::Mod,
+        ..open_gates()
+    };
+    let s = setup(cfg);
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("part.toml");
+    std::fs::write(&conf, "partitions = [1, 3]\n").unwrap();
+    let url = s.local.grpc_url();
+    let part = node(&url, "odd", &["--config", conf.to_str().unwrap()]);
+    let all = node(&url, "all", &[]);
+    wait_served(&part.rest_addr, 1);
+    wait_served(&all.rest_addr, 1);
+    let rows = |addr: &str| {
+        get_json(addr, &format!("/v1/models/{MODEL}")).1["rows"]
+            .as_u64()
+            .unwrap()
+    };
+    let tables = s.truth.schema.tables.len() as u64;
+    let odd = user_keys(0..50).iter().filter(|k| *k % 2 == 1).count() as u64;
+    assert_eq!(rows(&all.rest_addr), 50 * tables);
+    assert_eq!(rows(&part.rest_addr), odd * tables);
+    wait_status(&s.local, 1, VersionStatus::Finished);
 }

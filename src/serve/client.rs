@@ -20,12 +20,25 @@ impl HttpClient {
         let stream = TcpStream::connect(addr)?;
         stream.set_nodelay(true)?;
         stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-        Ok(HttpClient { reader: BufReader::new(stream), host: addr.to_string() })
+        Ok(HttpClient {
+            reader: BufReader::new(stream),
+            host: addr.to_string(),
+        })
     }
 
     /// One request; returns the status code and the body.
-    pub fn request(&mut self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> io::Result<(u16, Vec<u8>)> {
-        let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {}\r\nContent-Length: {}\r\n", self.host, body.len());
+    pub fn request(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> io::Result<(u16, Vec<u8>)> {
+        let mut head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nContent-Length: {}\r\n",
+            self.host,
+            body.len()
+        );
         if !body.is_empty() {
             head.push_str("Content-Type: application/json\r\n");
         }
@@ -80,7 +93,8 @@ impl HttpClient {
             loop {
                 line.clear();
                 self.reader.read_line(&mut line)?;
-                let n = usize::from_str_radix(line.trim(), 16).map_err(|_| bad("bad chunk size"))?;
+                let n =
+                    usize::from_str_radix(line.trim(), 16).map_err(|_| bad("bad chunk size"))?;
                 let at = body.len();
                 body.resize(at + n, 0);
                 self.reader.read_exact(&mut body[at..])?;

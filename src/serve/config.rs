@@ -60,7 +60,8 @@ mod tests {
         assert_eq!(c.model_name, "rank_mmoe_odl");
         assert!(c.partitions.is_empty() && c.confirm);
         assert_eq!(c.node_id_for(8501), "serve-8501");
-        let direct: ServeConfig = odl_proto::config::parse_str(DEFAULT_SERVE_TOML, "serve.toml").unwrap();
+        let direct: ServeConfig =
+            odl_proto::config::parse_str(DEFAULT_SERVE_TOML, "serve.toml").unwrap();
         assert_eq!(direct, c);
     }
 
@@ -69,8 +70,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("s.toml");
         std::fs::write(&p, "ps_addr = 1\n").unwrap();
-        assert!(ServeConfig::load(Some(&p)).unwrap_err().to_string().contains("ps_addr"));
+        assert!(ServeConfig::load(Some(&p))
+            .unwrap_err()
+            .to_string()
+            .contains("ps_addr"));
         std::fs::write(&p, "ps_grpc = \"127.0.0.1:8601\"\n").unwrap();
-        assert!(ServeConfig::load(Some(&p)).unwrap_err().to_string().contains("ps_grpc"));
+        assert!(ServeConfig::load(Some(&p))
+            .unwrap_err()
+            .to_string()
+            .contains("ps_grpc"));
     }
 }

@@ -24,9 +24,17 @@ pub struct LocalPublisher {
 impl LocalPublisher {
     /// Open a publisher on `source` (versions under `store_dir`) and serve its gRPC
     /// API. `timers`: also run the publishing timers (else the caller cuts versions).
-    pub fn start(cfg: PublishConfig, store_dir: &Path, source: Arc<dyn PublishSource>, timers: bool) -> anyhow::Result<LocalPublisher> {
+    pub fn start(
+        cfg: PublishConfig,
+        store_dir: &Path,
+        source: Arc<dyn PublishSource>,
+        timers: bool,
+    ) -> anyhow::Result<LocalPublisher> {
         let publisher = Publisher::open(cfg, store_dir, source)?;
-        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?;
         let cancel = CancellationToken::new();
         let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
         let grpc_addr = listener.local_addr()?;
@@ -45,7 +53,12 @@ impl LocalPublisher {
         if timers {
             runtime.spawn(publisher.clone().run(cancel.clone()));
         }
-        Ok(LocalPublisher { publisher, grpc_addr, cancel, runtime: Some(runtime) })
+        Ok(LocalPublisher {
+            publisher,
+            grpc_addr,
+            cancel,
+            runtime: Some(runtime),
+        })
     }
 
     pub fn grpc_url(&self) -> String {
@@ -98,7 +111,12 @@ impl ServeProcess {
                 bail!("odl serve did not report its address within 30 s");
             }
         };
-        let rest_addr = line.rsplit("http://").next().unwrap_or_default().trim().to_string();
+        let rest_addr = line
+            .rsplit("http://")
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_string();
         Ok(ServeProcess { child, rest_addr })
     }
 
@@ -136,7 +154,11 @@ pub fn proc_rss(pid: u32) -> Option<u64> {
 }
 
 /// Poll `f` every 10 ms until it returns `Some`, or fail after `timeout`.
-pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> anyhow::Result<T> {
+pub fn wait_for<T>(
+    what: &str,
+    timeout: Duration,
+    mut f: impl FnMut() -> Option<T>,
+) -> anyhow::Result<T> {
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(v) = f() {

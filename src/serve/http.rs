@@ -18,7 +18,9 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 
 pub fn router(node: Arc<Node>) -> Router {
-    Router::new().route("/v1/models/{spec}", get(status).post(predict)).with_state(node)
+    Router::new()
+        .route("/v1/models/{spec}", get(status).post(predict))
+        .with_state(node)
 }
 
 fn error(status: StatusCode, message: impl ToString) -> Response {
@@ -32,7 +34,10 @@ fn check_model(node: &Node, name: &str) -> Result<(), Response> {
     } else {
         Err(error(
             StatusCode::NOT_FOUND,
-            format!("model {name:?} not found; this node serves {:?}", node.cfg.model_name),
+            format!(
+                "model {name:?} not found; this node serves {:?}",
+                node.cfg.model_name
+            ),
         ))
     }
 }
@@ -44,7 +49,11 @@ async fn status(State(node): State<Arc<Node>>, Path(spec): Path<String>) -> Resp
     let lag = node.lag();
     match node.current() {
         Some(v) => {
-            let state = if v.model.is_some() { "AVAILABLE" } else { "LOADING" };
+            let state = if v.model.is_some() {
+                "AVAILABLE"
+            } else {
+                "LOADING"
+            };
             axum::Json(json!({
                 "model_version_status": [{
                     "version": v.version.0.to_string(),
@@ -77,37 +86,61 @@ async fn status(State(node): State<Arc<Node>>, Path(spec): Path<String>) -> Resp
 
 async fn predict(State(node): State<Arc<Node>>, Path(spec): Path<String>, body: Bytes) -> Response {
     let Some(name) = spec.strip_suffix(":predict") else {
-        return error(StatusCode::NOT_FOUND, format!("unknown method in {spec:?}; POST /v1/models/{{model}}:predict"));
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("unknown method in {spec:?}; POST /v1/models/{{model}}:predict"),
+        );
     };
     if let Err(r) = check_model(&node, name) {
         return r;
     }
     let req: Value = match serde_json::from_slice(&body) {
         Ok(v) => v,
-        Err(e) => return error(StatusCode::BAD_REQUEST, format!("request body is not valid JSON: {e}")),
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("request body is not valid JSON: {e}"),
+            )
+        }
     };
     let Some(instances) = req.get("instances").and_then(Value::as_array) else {
-        return error(StatusCode::BAD_REQUEST, "expected a JSON object {\"instances\": [{...features...}, ...]}");
+        return error(
+            StatusCode::BAD_REQUEST,
+            "expected a JSON object {\"instances\": [{...features...}, ...]}",
+        );
     };
     if let Some(i) = instances.iter().position(|x| !x.is_object()) {
-        return error(StatusCode::BAD_REQUEST, format!("instance {i} is not an object of features"));
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("instance {i} is not an object of features"),
+        );
     }
     let Some(version) = node.current() else {
         return error(StatusCode::SERVICE_UNAVAILABLE, "no version applied yet");
     };
     let Some(model) = version.model.clone() else {
-        return error(StatusCode::SERVICE_UNAVAILABLE, "no model config received yet");
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no model config received yet",
+        );
     };
     let preds = match model.predict(version.as_ref(), instances) {
         Ok(p) => p,
-        Err(TrainError::Sample(m)) => return error(StatusCode::BAD_REQUEST, format!("bad instance: {m}")),
-        Err(TrainError::Params(e)) if e.retryable() => return error(StatusCode::SERVICE_UNAVAILABLE, e),
+        Err(TrainError::Sample(m)) => {
+            return error(StatusCode::BAD_REQUEST, format!("bad instance: {m}"))
+        }
+        Err(TrainError::Params(e)) if e.retryable() => {
+            return error(StatusCode::SERVICE_UNAVAILABLE, e)
+        }
         Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e),
     };
     if preds.iter().flatten().any(|p| !p.is_finite()) {
         return error(
             StatusCode::INTERNAL_SERVER_ERROR,
-            format!("version {} produced a non-finite prediction; not returned", version.version),
+            format!(
+                "version {} produced a non-finite prediction; not returned",
+                version.version
+            ),
         );
     }
     let tasks = model.tasks();

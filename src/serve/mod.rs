@@ -23,14 +23,20 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 /// Run a serving node on `listener` until `cancel`.
-pub async fn run(cfg: ServeConfig, listener: tokio::net::TcpListener, cancel: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(
+    cfg: ServeConfig,
+    listener: tokio::net::TcpListener,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
     let port = listener.local_addr()?.port();
     let node = Arc::new(Node::new(cfg.clone(), cfg.node_id_for(port))?);
     tracing::info!(node = %node.node_id, rest = %listener.local_addr()?, ps = %cfg.ps_grpc, "serving node up");
     let sub = tokio::spawn(node.clone().subscribe_loop(cancel.clone()));
     let app = http::router(node);
     let c = cancel.clone();
-    axum::serve(listener, app).with_graceful_shutdown(async move { c.cancelled().await }).await?;
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move { c.cancelled().await })
+        .await?;
     cancel.cancel();
     let _ = sub.await;
     Ok(())

@@ -37,7 +37,9 @@ pub fn model_from_text(text: &str) -> anyhow::Result<Model> {
                 .parse()
                 .map_err(|e| anyhow!("model config is neither JSON ({json_err}) nor TOML ({e})"))?;
             overlay(&mut base, top);
-            toml::Value::Table(base).try_into().context("model config")?
+            toml::Value::Table(base)
+                .try_into()
+                .context("model config")?
         }
     };
     cfg.validate()?;
@@ -72,12 +74,21 @@ impl Node {
             let cfg = ModelConfig::load(Some(Path::new(&cfg.model_config)))?;
             Some(Arc::new(Model::from_config(&cfg)?))
         };
-        Ok(Node { cfg, node_id, current: RwLock::new(None), lag: Mutex::new(Lag::default()), fallback })
+        Ok(Node {
+            cfg,
+            node_id,
+            current: RwLock::new(None),
+            lag: Mutex::new(Lag::default()),
+            fallback,
+        })
     }
 
     /// The version requests are answered with (one pointer load).
     pub fn current(&self) -> Option<Arc<ServedVersion>> {
-        self.current.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     pub fn lag(&self) -> Lag {
@@ -125,7 +136,9 @@ impl Node {
             next.schema = serde_json::from_str(&h.schema_json).context("schema of the version")?;
         }
         if !h.model_config.is_empty() && h.model_config != next.model_config {
-            next.model = Some(Arc::new(model_from_text(&h.model_config).context("model config of the version")?));
+            next.model = Some(Arc::new(
+                model_from_text(&h.model_config).context("model config of the version")?,
+            ));
             next.model_config = h.model_config.clone();
         }
         if next.model.is_none() {
@@ -140,7 +153,9 @@ impl Node {
             match self.session(&cancel).await {
                 Ok(()) if cancel.is_cancelled() => return,
                 Ok(()) => tracing::warn!("publisher stream ended; reconnecting"),
-                Err(e) => tracing::warn!(error = %format!("{e:#}"), "subscription failed; reconnecting"),
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), "subscription failed; reconnecting")
+                }
             }
             tokio::select! {
                 _ = cancel.cancelled() => return,
@@ -149,12 +164,19 @@ impl Node {
         }
     }
 
-    async fn confirm(&self, client: &mut PublisherClient<Channel>, v: Version) -> anyhow::Result<()> {
+    async fn confirm(
+        &self,
+        client: &mut PublisherClient<Channel>,
+        v: Version,
+    ) -> anyhow::Result<()> {
         if !self.cfg.confirm {
             return Ok(());
         }
         client
-            .confirm(ConfirmRequest { node_id: self.node_id.clone(), version: v.0 })
+            .confirm(ConfirmRequest {
+                node_id: self.node_id.clone(),
+                version: v.0,
+            })
             .await
             .with_context(|| format!("confirming version {v}"))?;
         Ok(())
@@ -195,19 +217,27 @@ impl Node {
             match u.body {
                 Some(Body::Header(h)) => building = Some((self.begin(v, &h)?, h)),
                 Some(Body::Dense(d)) => {
-                    let (b, _) = building.as_mut().ok_or_else(|| anyhow!("dense tensor outside a version"))?;
-                    let values = bytes_f32(&d.values).ok_or_else(|| anyhow!("dense tensor {} is not f32s", d.name))?;
+                    let (b, _) = building
+                        .as_mut()
+                        .ok_or_else(|| anyhow!("dense tensor outside a version"))?;
+                    let values = bytes_f32(&d.values)
+                        .ok_or_else(|| anyhow!("dense tensor {} is not f32s", d.name))?;
                     b.dense.insert(d.name, Arc::new(values));
                 }
                 Some(Body::Rows(r)) => {
-                    let (b, _) = building.as_mut().ok_or_else(|| anyhow!("rows outside a version"))?;
-                    let deleted = bytes_u64(&r.deleted).ok_or_else(|| anyhow!("deleted keys are not u64s"))?;
+                    let (b, _) = building
+                        .as_mut()
+                        .ok_or_else(|| anyhow!("rows outside a version"))?;
+                    let deleted = bytes_u64(&r.deleted)
+                        .ok_or_else(|| anyhow!("deleted keys are not u64s"))?;
                     b.table_mut(&r.table, r.dim as usize)
                         .and_then(|t| t.apply_bytes(&r.keys, &r.values, &deleted))
                         .map_err(|e| anyhow!("version {v}: {e}"))?;
                 }
                 Some(Body::End(_)) => {
-                    let (b, h) = building.take().ok_or_else(|| anyhow!("end outside a version"))?;
+                    let (b, h) = building
+                        .take()
+                        .ok_or_else(|| anyhow!("end outside a version"))?;
                     if b.version != v {
                         bail!("end of version {v} while building {}", b.version);
                     }

@@ -77,7 +77,9 @@ impl Shard {
     }
 
     fn get(&self, key: u64, dim: usize) -> Option<&[f32]> {
-        self.index.get(&key).map(|&s| &self.values[s as usize * dim..(s as usize + 1) * dim])
+        self.index
+            .get(&key)
+            .map(|&s| &self.values[s as usize * dim..(s as usize + 1) * dim])
     }
 }
 
@@ -99,7 +101,12 @@ pub struct Table {
 
 impl Table {
     fn new(dim: usize, init_std: f32) -> Table {
-        Table { dim, init_std, shards: (0..SHARDS).map(|_| Arc::new(Shard::default())).collect(), rows: 0 }
+        Table {
+            dim,
+            init_std,
+            shards: (0..SHARDS).map(|_| Arc::new(Shard::default())).collect(),
+            rows: 0,
+        }
     }
 
     pub fn rows(&self) -> usize {
@@ -109,7 +116,12 @@ impl Table {
     /// Upsert `keys` (row-major `values`) and remove `deleted`.
     pub fn apply(&mut self, keys: &[u64], values: &[f32], deleted: &[u64]) -> Result<(), String> {
         if values.len() != keys.len() * self.dim {
-            return Err(format!("{} keys but {} values for dim {}", keys.len(), values.len(), self.dim));
+            return Err(format!(
+                "{} keys but {} values for dim {}",
+                keys.len(),
+                values.len(),
+                self.dim
+            ));
         }
         for (k, row) in keys.iter().zip(values.chunks_exact(self.dim.max(1))) {
             let sh = Arc::make_mut(&mut self.shards[shard_of(*k)]);
@@ -128,10 +140,19 @@ impl Table {
 
     /// [`Table::apply`] on the wire form: little-endian u64 keys and f32 values,
     /// decoded row by row without intermediate vectors.
-    pub fn apply_bytes(&mut self, keys: &[u8], values: &[u8], deleted: &[u64]) -> Result<(), String> {
+    pub fn apply_bytes(
+        &mut self,
+        keys: &[u8],
+        values: &[u8],
+        deleted: &[u64],
+    ) -> Result<(), String> {
         let dim = self.dim.max(1);
         if keys.len() % 8 != 0 || values.len() != keys.len() / 8 * dim * 4 {
-            return Err(format!("{} key bytes and {} value bytes for dim {dim}", keys.len(), values.len()));
+            return Err(format!(
+                "{} key bytes and {} value bytes for dim {dim}",
+                keys.len(),
+                values.len()
+            ));
         }
         let mut row = vec![0f32; dim];
         for (k, vb) in keys.chunks_exact(8).zip(values.chunks_exact(dim * 4)) {
@@ -195,15 +216,26 @@ impl ServedVersion {
     /// The table `name`, created (empty) with the dimension the rows arrive with.
     pub fn table_mut(&mut self, name: &str, dim: usize) -> Result<&mut Table, String> {
         let init_std = self.init_std(name);
-        let t = self.tables.entry(name.to_string()).or_insert_with(|| Table::new(dim, init_std));
+        let t = self
+            .tables
+            .entry(name.to_string())
+            .or_insert_with(|| Table::new(dim, init_std));
         if t.dim != dim {
-            return Err(format!("table {name} has dim {}, rows arrived with dim {dim}", t.dim));
+            return Err(format!(
+                "table {name} has dim {}, rows arrived with dim {dim}",
+                t.dim
+            ));
         }
         Ok(t)
     }
 
     fn init_std(&self, table: &str) -> f32 {
-        let from = |s: &ModelSchema| s.tables.iter().find(|t| t.name == table).map(|t| t.init_std);
+        let from = |s: &ModelSchema| {
+            s.tables
+                .iter()
+                .find(|t| t.name == table)
+                .map(|t| t.init_std)
+        };
         from(&self.schema)
             .or_else(|| self.model.as_ref().and_then(|m| from(m.schema())))
             .unwrap_or(0.0)
@@ -211,11 +243,20 @@ impl ServedVersion {
 }
 
 impl ParamRead for ServedVersion {
-    fn pull_sparse(&self, table: &str, keys: &[FeatureId], out: &mut [f32]) -> odl_proto::params::Result<()> {
+    fn pull_sparse(
+        &self,
+        table: &str,
+        keys: &[FeatureId],
+        out: &mut [f32],
+    ) -> odl_proto::params::Result<()> {
         match self.tables.get(table) {
             Some(t) => {
                 if out.len() != keys.len() * t.dim {
-                    return Err(ParamError::Invalid(format!("table {table}: output of {} for {} keys", out.len(), keys.len())));
+                    return Err(ParamError::Invalid(format!(
+                        "table {table}: output of {} for {} keys",
+                        out.len(),
+                        keys.len()
+                    )));
                 }
                 for (k, o) in keys.iter().zip(out.chunks_exact_mut(t.dim.max(1))) {
                     match t.get(k.0) {
@@ -226,7 +267,11 @@ impl ParamRead for ServedVersion {
             }
             None => {
                 // No row of this table published yet: every row reads as its initial value.
-                let dim = if keys.is_empty() { 0 } else { out.len() / keys.len() };
+                let dim = if keys.is_empty() {
+                    0
+                } else {
+                    out.len() / keys.len()
+                };
                 let std = self.init_std(table);
                 for (k, o) in keys.iter().zip(out.chunks_exact_mut(dim.max(1))) {
                     init_row(*k, std, o);
@@ -243,7 +288,9 @@ impl ParamRead for ServedVersion {
                 self.dense
                     .get(n)
                     .map(|v| v.as_ref().clone())
-                    .ok_or_else(|| ParamError::Unavailable(format!("dense tensor {n} not published yet")))
+                    .ok_or_else(|| {
+                        ParamError::Unavailable(format!("dense tensor {n} not published yet"))
+                    })
             })
             .collect()
     }
@@ -256,29 +303,57 @@ mod tests {
     #[test]
     fn an_increment_copies_only_touched_shards_and_leaves_the_old_version_intact() {
         let mut v1 = ServedVersion::empty(Version(1));
-        let keys: Vec<u64> = (0..10_000u64).map(|i| i.wrapping_mul(0x9E37_79B9_7F4A_7C15)).collect();
+        let keys: Vec<u64> = (0..10_000u64)
+            .map(|i| i.wrapping_mul(0x9E37_79B9_7F4A_7C15))
+            .collect();
         let values: Vec<f32> = (0..keys.len() * 2).map(|i| i as f32).collect();
-        v1.table_mut("emb", 2).unwrap().apply(&keys, &values, &[]).unwrap();
+        v1.table_mut("emb", 2)
+            .unwrap()
+            .apply(&keys, &values, &[])
+            .unwrap();
         assert_eq!(v1.rows(), 10_000);
         let mut v2 = v1.clone();
         v2.version = Version(2);
-        v2.table_mut("emb", 2).unwrap().apply(&[keys[0]], &[-1.0, -1.0], &[keys[1]]).unwrap();
+        v2.table_mut("emb", 2)
+            .unwrap()
+            .apply(&[keys[0]], &[-1.0, -1.0], &[keys[1]])
+            .unwrap();
         assert_eq!(v2.rows(), 9_999);
-        let shared = v1.tables["emb"].shards.iter().zip(&v2.tables["emb"].shards).filter(|(a, b)| Arc::ptr_eq(a, b)).count();
+        let shared = v1.tables["emb"]
+            .shards
+            .iter()
+            .zip(&v2.tables["emb"].shards)
+            .filter(|(a, b)| Arc::ptr_eq(a, b))
+            .count();
         assert!(shared >= SHARDS - 2, "{shared}");
         let mut out = [0f32; 4];
-        v1.pull_sparse("emb", &[FeatureId(keys[0]), FeatureId(keys[1])], &mut out).unwrap();
+        v1.pull_sparse("emb", &[FeatureId(keys[0]), FeatureId(keys[1])], &mut out)
+            .unwrap();
         assert_eq!(out, [0.0, 1.0, 2.0, 3.0]);
-        v2.pull_sparse("emb", &[FeatureId(keys[0]), FeatureId(keys[1])], &mut out).unwrap();
+        v2.pull_sparse("emb", &[FeatureId(keys[0]), FeatureId(keys[1])], &mut out)
+            .unwrap();
         assert_eq!(out[..2], [-1.0, -1.0]);
         let mut init = [0f32; 2];
         init_row(FeatureId(keys[1]), 0.0, &mut init);
         assert_eq!(out[2..], init);
         assert!(v2.table_mut("emb", 3).is_err());
-        assert!(v2.table_mut("emb", 2).unwrap().apply(&[1], &[1.0], &[]).is_err());
-        assert!(v2.table_mut("emb", 2).unwrap().apply_bytes(&[0; 8], &[0; 4], &[]).is_err());
+        assert!(v2
+            .table_mut("emb", 2)
+            .unwrap()
+            .apply(&[1], &[1.0], &[])
+            .is_err());
+        assert!(v2
+            .table_mut("emb", 2)
+            .unwrap()
+            .apply_bytes(&[0; 8], &[0; 4], &[])
+            .is_err());
         let t = v2.table_mut("emb", 2).unwrap();
-        t.apply_bytes(&7u64.to_le_bytes(), &[1.5f32.to_le_bytes(), 2.5f32.to_le_bytes()].concat(), &[]).unwrap();
+        t.apply_bytes(
+            &7u64.to_le_bytes(),
+            &[1.5f32.to_le_bytes(), 2.5f32.to_le_bytes()].concat(),
+            &[],
+        )
+        .unwrap();
         assert_eq!(t.get(7), Some(&[1.5f32, 2.5][..]));
         assert!(v2.pull_dense(&["w".to_string()]).is_err());
     }

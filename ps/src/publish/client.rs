@@ -12,7 +12,9 @@ pub async fn rebase(url: &str, checkpoint: &Path) -> std::result::Result<Version
         .map_err(|e| format!("connecting to {url}: {e}"))?;
     let dir = std::fs::canonicalize(checkpoint).unwrap_or_else(|_| checkpoint.to_path_buf());
     client
-        .rebase(RebaseRequest { checkpoint: dir.display().to_string() })
+        .rebase(RebaseRequest {
+            checkpoint: dir.display().to_string(),
+        })
         .await
         .map(|r| r.into_inner())
         .map_err(|s| format!("rebase refused: {}", s.message()))

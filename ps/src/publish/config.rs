@@ -184,10 +184,23 @@ mod tests {
         }
         let top: Top = odl_proto::config::parse_str(text, "configs/ps.toml").unwrap();
         assert_eq!(top.odl_model_update, PublishConfig::default());
-        for key in ["open", "model_name", "dense_send_interval_time", "sparse_send_interval_time",
-            "first_trigger_time", "global_auc_threshold", "current_auc_threshold",
-            "update_partition_count", "part_strategy", "check_numerics", "switch_timeout_time"] {
-            assert!(text.contains(&format!("\n{key} = ")), "{key} not documented");
+        for key in [
+            "open",
+            "model_name",
+            "dense_send_interval_time",
+            "sparse_send_interval_time",
+            "first_trigger_time",
+            "global_auc_threshold",
+            "current_auc_threshold",
+            "update_partition_count",
+            "part_strategy",
+            "check_numerics",
+            "switch_timeout_time",
+        ] {
+            assert!(
+                text.contains(&format!("\n{key} = ")),
+                "{key} not documented"
+            );
         }
     }
 
@@ -199,13 +212,34 @@ mod tests {
         let mut v = serde_json::to_value(PublishConfig::default()).unwrap();
         v["part_strategy"] = "range".into();
         assert!(serde_json::from_value::<PublishConfig>(v).is_err());
-        let c = PublishConfig { dense_send_interval_time: 0, ..Default::default() };
-        assert!(c.validate().unwrap_err().to_string().contains("dense_send_interval_time"));
-        let c = PublishConfig { global_auc_threshold: 1.5, ..Default::default() };
-        assert!(c.validate().unwrap_err().to_string().contains("global_auc_threshold"));
-        let c = PublishConfig { update_partition_count: 0, ..Default::default() };
+        let c = PublishConfig {
+            dense_send_interval_time: 0,
+            ..Default::default()
+        };
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("dense_send_interval_time"));
+        let c = PublishConfig {
+            global_auc_threshold: 1.5,
+            ..Default::default()
+        };
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("global_auc_threshold"));
+        let c = PublishConfig {
+            update_partition_count: 0,
+            ..Default::default()
+        };
         assert!(c.validate().is_err());
-        let c = PublishConfig { sparse_send_interval_time: 1, first_trigger_time: 0, ..Default::default() };
+        let c = PublishConfig {
+            sparse_send_interval_time: 1,
+            first_trigger_time: 0,
+            ..Default::default()
+        };
         c.validate().unwrap();
     }
 }

@@ -21,7 +21,11 @@ pub fn router(publisher: Arc<Publisher>) -> Router {
 }
 
 fn error(status: StatusCode, message: impl ToString) -> Response {
-    (status, Json(serde_json::json!({ "error": message.to_string() }))).into_response()
+    (
+        status,
+        Json(serde_json::json!({ "error": message.to_string() })),
+    )
+        .into_response()
 }
 
 impl IntoResponse for PublishError {
@@ -38,7 +42,9 @@ impl IntoResponse for PublishError {
     }
 }
 
-async fn run<T: Send + 'static>(f: impl FnOnce() -> super::Result<T> + Send + 'static) -> Result<T, Response> {
+async fn run<T: Send + 'static>(
+    f: impl FnOnce() -> super::Result<T> + Send + 'static,
+) -> Result<T, Response> {
     match tokio::task::spawn_blocking(f).await {
         Ok(r) => r.map_err(IntoResponse::into_response),
         Err(e) => Err(error(StatusCode::INTERNAL_SERVER_ERROR, e)),
@@ -46,9 +52,12 @@ async fn run<T: Send + 'static>(f: impl FnOnce() -> super::Result<T> + Send + 's
 }
 
 fn parse_version(s: &str) -> Result<Version, Response> {
-    s.parse::<u64>()
-        .map(Version)
-        .map_err(|_| error(StatusCode::BAD_REQUEST, format!("version must be a number, got {s:?}")))
+    s.parse::<u64>().map(Version).map_err(|_| {
+        error(
+            StatusCode::BAD_REQUEST,
+            format!("version must be a number, got {s:?}"),
+        )
+    })
 }
 
 async fn list(State(p): State<Arc<Publisher>>) -> Response {
@@ -72,9 +81,16 @@ async fn one(State(p): State<Arc<Publisher>>, Path(n): Path<String>) -> Response
 }
 
 /// `POST /v1/versions/{n}:rollback`.
-async fn action(State(p): State<Arc<Publisher>>, Path(n): Path<String>, headers: HeaderMap) -> Response {
+async fn action(
+    State(p): State<Arc<Publisher>>,
+    Path(n): Path<String>,
+    headers: HeaderMap,
+) -> Response {
     let Some(num) = n.strip_suffix(":rollback") else {
-        return error(StatusCode::NOT_FOUND, format!("no action in {n:?}; POST /v1/versions/{{n}}:rollback"));
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("no action in {n:?}; POST /v1/versions/{{n}}:rollback"),
+        );
     };
     let v = match parse_version(num) {
         Ok(v) => v,

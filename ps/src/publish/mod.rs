@@ -76,7 +76,9 @@ impl From<PublishError> for tonic::Status {
             PublishError::UnknownVersion(_) => tonic::Status::not_found(msg),
             PublishError::NotRollbackable(..) => tonic::Status::failed_precondition(msg),
             PublishError::Unauthorized => tonic::Status::unauthenticated(msg),
-            PublishError::Invalid(_) | PublishError::Config(_) => tonic::Status::invalid_argument(msg),
+            PublishError::Invalid(_) | PublishError::Config(_) => {
+                tonic::Status::invalid_argument(msg)
+            }
             PublishError::Storage(_) | PublishError::Source(_) => tonic::Status::unavailable(msg),
             PublishError::Corrupt { .. } => tonic::Status::internal(msg),
         }

@@ -113,7 +113,11 @@ pub fn bytes_f32(b: &[u8]) -> Option<Vec<f32>> {
     if b.len() % 4 != 0 {
         return None;
     }
-    Some(b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
+    Some(
+        b.chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+    )
 }
 
 /// Little-endian u64s; `None` if the length is not a multiple of 8.
@@ -129,7 +133,10 @@ pub fn bytes_u64(b: &[u8]) -> Option<Vec<u64>> {
 }
 
 fn msg(version: Version, body: Body) -> rpc::Update {
-    rpc::Update { version: version.0, body: Some(body) }
+    rpc::Update {
+        version: version.0,
+        body: Some(body),
+    }
 }
 
 /// Cut `content` into the messages of one version: header, dense tensors, row chunks
@@ -157,18 +164,29 @@ pub fn encode(layout: &Layout, content: &Content) -> Vec<rpc::Update> {
         }),
     )];
     for (name, values) in &content.dense {
-        out.push(msg(v, Body::Dense(rpc::DenseTensor { name: name.clone(), values: f32_bytes(values) })));
+        out.push(msg(
+            v,
+            Body::Dense(rpc::DenseTensor {
+                name: name.clone(),
+                values: f32_bytes(values),
+            }),
+        ));
     }
     let count = layout.partition_count.max(1);
     for set in &content.rows {
         let dim = set.dim.max(1);
         // Bucket row indices and deletions by partition.
-        let mut by_part: Vec<(Vec<usize>, Vec<u64>)> = vec![(Vec::new(), Vec::new()); count as usize];
+        let mut by_part: Vec<(Vec<usize>, Vec<u64>)> =
+            vec![(Vec::new(), Vec::new()); count as usize];
         for (i, &k) in set.keys.iter().enumerate() {
-            by_part[partition_of(k, count, layout.strategy) as usize].0.push(i);
+            by_part[partition_of(k, count, layout.strategy) as usize]
+                .0
+                .push(i);
         }
         for &k in &set.deleted {
-            by_part[partition_of(k, count, layout.strategy) as usize].1.push(k);
+            by_part[partition_of(k, count, layout.strategy) as usize]
+                .1
+                .push(k);
         }
         let rows_per_chunk = (CHUNK_BYTES / (8 + 4 * dim)).max(1);
         for (p, (idx, deleted)) in by_part.into_iter().enumerate() {
@@ -201,7 +219,12 @@ pub fn encode(layout: &Layout, content: &Content) -> Vec<rpc::Update> {
             }
         }
     }
-    out.push(msg(v, Body::End(rpc::End { rows: content.row_count() })));
+    out.push(msg(
+        v,
+        Body::End(rpc::End {
+            rows: content.row_count(),
+        }),
+    ));
     out
 }
 
@@ -222,7 +245,11 @@ pub fn decode(updates: &[rpc::Update]) -> Option<Content> {
                 let i = match sets.iter().position(|s| s.table == r.table) {
                     Some(i) => i,
                     None => {
-                        sets.push(RowSet { table: r.table.clone(), dim: r.dim as usize, ..Default::default() });
+                        sets.push(RowSet {
+                            table: r.table.clone(),
+                            dim: r.dim as usize,
+                            ..Default::default()
+                        });
                         sets.len() - 1
                     }
                 };
@@ -256,18 +283,36 @@ mod tests {
 
     #[test]
     fn encode_partitions_rows_and_decode_restores_them() {
-        let keys: Vec<u64> = (0..1000u64).map(|i| i.wrapping_mul(0x9E37_79B9_7F4A_7C15)).collect();
+        let keys: Vec<u64> = (0..1000u64)
+            .map(|i| i.wrapping_mul(0x9E37_79B9_7F4A_7C15))
+            .collect();
         let values: Vec<f32> = (0..keys.len() * 4).map(|i| i as f32).collect();
-        let set = RowSet { table: "emb".into(), dim: 4, keys: keys.clone(), values, deleted: vec![7, 8] };
-        let content = Content { rows: vec![set], dense: vec![("w".into(), vec![1.0, 2.0])], ..Default::default() };
+        let set = RowSet {
+            table: "emb".into(),
+            dim: 4,
+            keys: keys.clone(),
+            values,
+            deleted: vec![7, 8],
+        };
+        let content = Content {
+            rows: vec![set],
+            dense: vec![("w".into(), vec![1.0, 2.0])],
+            ..Default::default()
+        };
         assert_eq!(content.row_count(), 1002);
         for strategy in [PartStrategy::Div, PartStrategy::Mod] {
             let ups = encode(&layout(strategy, 8), &content);
             assert!(matches!(ups[0].body, Some(Body::Header(_))));
-            assert!(matches!(ups.last().and_then(|u| u.body.as_ref()), Some(Body::End(e)) if e.rows == 1002));
+            assert!(
+                matches!(ups.last().and_then(|u| u.body.as_ref()), Some(Body::End(e)) if e.rows == 1002)
+            );
             for u in &ups {
                 if let Some(Body::Rows(r)) = &u.body {
-                    for k in bytes_u64(&r.keys).unwrap().into_iter().chain(bytes_u64(&r.deleted).unwrap()) {
+                    for k in bytes_u64(&r.keys)
+                        .unwrap()
+                        .into_iter()
+                        .chain(bytes_u64(&r.deleted).unwrap())
+                    {
                         assert_eq!(partition_of(k, 8, strategy), r.partition);
                     }
                 }
@@ -280,8 +325,11 @@ mod tests {
                 .map(|(i, &k)| (k, back.rows[0].values[i * 4..i * 4 + 4].to_vec()))
                 .collect();
             got.sort_by_key(|x| x.0);
-            let mut want: Vec<(u64, Vec<f32>)> =
-                keys.iter().enumerate().map(|(i, &k)| (k, content.rows[0].values[i * 4..i * 4 + 4].to_vec())).collect();
+            let mut want: Vec<(u64, Vec<f32>)> = keys
+                .iter()
+                .enumerate()
+                .map(|(i, &k)| (k, content.rows[0].values[i * 4..i * 4 + 4].to_vec()))
+                .collect();
             want.sort_by_key(|x| x.0);
             assert_eq!(got, want);
             let mut del = back.rows[0].deleted.clone();
@@ -294,20 +342,52 @@ mod tests {
     #[test]
     fn large_sets_are_chunked_below_the_target_size() {
         let n = 100_000usize;
-        let set = RowSet { table: "t".into(), dim: 16, keys: (0..n as u64).collect(), values: vec![0.5; n * 16], deleted: vec![] };
-        let ups = encode(&layout(PartStrategy::Mod, 2), &Content { rows: vec![set], ..Default::default() });
-        let chunks: Vec<_> = ups.iter().filter_map(|u| match &u.body { Some(Body::Rows(r)) => Some(r), _ => None }).collect();
+        let set = RowSet {
+            table: "t".into(),
+            dim: 16,
+            keys: (0..n as u64).collect(),
+            values: vec![0.5; n * 16],
+            deleted: vec![],
+        };
+        let ups = encode(
+            &layout(PartStrategy::Mod, 2),
+            &Content {
+                rows: vec![set],
+                ..Default::default()
+            },
+        );
+        let chunks: Vec<_> = ups
+            .iter()
+            .filter_map(|u| match &u.body {
+                Some(Body::Rows(r)) => Some(r),
+                _ => None,
+            })
+            .collect();
         assert!(chunks.len() >= 6, "{}", chunks.len());
-        assert!(chunks.iter().all(|r| r.keys.len() + r.values.len() <= CHUNK_BYTES));
+        assert!(chunks
+            .iter()
+            .all(|r| r.keys.len() + r.values.len() <= CHUNK_BYTES));
         assert_eq!(chunks.iter().map(|r| r.keys.len() / 8).sum::<usize>(), n);
     }
 
     #[test]
     fn non_finite_values_are_named() {
-        let mut c = Content { dense: vec![("tower.w".into(), vec![0.0, f32::NAN])], ..Default::default() };
-        assert_eq!(c.first_non_finite().as_deref(), Some("dense tensor tower.w"));
+        let mut c = Content {
+            dense: vec![("tower.w".into(), vec![0.0, f32::NAN])],
+            ..Default::default()
+        };
+        assert_eq!(
+            c.first_non_finite().as_deref(),
+            Some("dense tensor tower.w")
+        );
         c.dense.clear();
-        c.rows.push(RowSet { table: "emb".into(), dim: 1, keys: vec![1], values: vec![f32::INFINITY], deleted: vec![] });
+        c.rows.push(RowSet {
+            table: "emb".into(),
+            dim: 1,
+            keys: vec![1],
+            values: vec![f32::INFINITY],
+            deleted: vec![],
+        });
         assert_eq!(c.first_non_finite().as_deref(), Some("sparse table emb"));
         assert!(bytes_f32(&[1, 2, 3]).is_none());
         assert!(bytes_u64(&[1; 9]).is_none());

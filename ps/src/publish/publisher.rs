@@ -56,24 +56,34 @@ pub struct Publisher {
 fn same_dense(a: &[(String, Vec<f32>)], b: &[(String, Vec<f32>)]) -> bool {
     a.len() == b.len()
         && a.iter().zip(b).all(|((na, va), (nb, vb))| {
-            na == nb && va.len() == vb.len() && va.iter().zip(vb).all(|(x, y)| x.to_bits() == y.to_bits())
+            na == nb
+                && va.len() == vb.len()
+                && va.iter().zip(vb).all(|(x, y)| x.to_bits() == y.to_bits())
         })
 }
 
 impl Publisher {
     /// Open the version store under `store_dir` and read the model config that travels
     /// with full versions.
-    pub fn open(cfg: PublishConfig, store_dir: &Path, source: Arc<dyn PublishSource>) -> Result<Arc<Publisher>> {
+    pub fn open(
+        cfg: PublishConfig,
+        store_dir: &Path,
+        source: Arc<dyn PublishSource>,
+    ) -> Result<Arc<Publisher>> {
         cfg.validate()?;
         let model_config = if cfg.extensions.model_config.is_empty() {
             String::new()
         } else {
             std::fs::read_to_string(&cfg.extensions.model_config).map_err(|e| {
-                PublishError::Config(format!("cannot read extensions.model_config {}: {e}", cfg.extensions.model_config))
+                PublishError::Config(format!(
+                    "cannot read extensions.model_config {}: {e}",
+                    cfg.extensions.model_config
+                ))
             })?
         };
-        std::fs::create_dir_all(store_dir)
-            .map_err(|e| PublishError::Config(format!("cannot create {}: {e}", store_dir.display())))?;
+        std::fs::create_dir_all(store_dir).map_err(|e| {
+            PublishError::Config(format!("cannot create {}: {e}", store_dir.display()))
+        })?;
         let registry = Arc::new(Registry::open(
             store_dir,
             cfg.switch_timeout_time,
@@ -127,7 +137,12 @@ impl Publisher {
         Ok(self.registry.latest_full()?.map(|v| v.version()))
     }
 
-    fn layout(&self, kind: VersionKind, samples_through: u64, created_at_ms: i64) -> impl Fn(Version, Version) -> Layout {
+    fn layout(
+        &self,
+        kind: VersionKind,
+        samples_through: u64,
+        created_at_ms: i64,
+    ) -> impl Fn(Version, Version) -> Layout {
         let (count, strategy) = (self.cfg.update_partition_count, self.cfg.part_strategy);
         move |version, base| Layout {
             version,
@@ -151,7 +166,11 @@ impl Publisher {
         reason: Option<String>,
     ) -> Result<StoredVersion> {
         let created_ms = now_ms();
-        let base = if kind == VersionKind::Full { None } else { self.base()? };
+        let base = if kind == VersionKind::Full {
+            None
+        } else {
+            self.base()?
+        };
         let new = NewVersion {
             kind,
             base,
@@ -174,7 +193,14 @@ impl Publisher {
             u
         })?;
         let ms = t0.elapsed().as_millis() as u64;
-        tracing::info!(version = sv.version().0, kind = payload::kind_str(kind), rows = sv.record.rows, encode_ms, ms, "published");
+        tracing::info!(
+            version = sv.version().0,
+            kind = payload::kind_str(kind),
+            rows = sv.record.rows,
+            encode_ms,
+            ms,
+            "published"
+        );
         Ok(sv)
     }
 
@@ -186,14 +212,21 @@ impl Publisher {
         let changes = self.source.take_changes();
         let content = Content {
             schema: Some(self.source.schema()),
-            model_config: self.source.model_config().unwrap_or_else(|| self.model_config.clone()),
+            model_config: self
+                .source
+                .model_config()
+                .unwrap_or_else(|| self.model_config.clone()),
             dense: self.source.dense_snapshot()?,
             rows: self.source.full_rows()?,
         };
         *self.last_dense.lock().unwrap_or_else(|p| p.into_inner()) = Some(content.dense.clone());
         // Warm start, restart and rebase load a model an operator chose: only the
         // numerics gate applies. A periodic cut is trained state like any increment.
-        let mut skip = if cause == FullCause::Periodic { auc_gate(&self.cfg, auc) } else { None };
+        let mut skip = if cause == FullCause::Periodic {
+            auc_gate(&self.cfg, auc)
+        } else {
+            None
+        };
         if skip.is_none() {
             skip = numerics_gate(&self.cfg, &content);
         }
@@ -204,7 +237,14 @@ impl Publisher {
             FullCause::Rebase(dir) => Some(format!("rebase from {}", dir.display())),
             _ => None,
         };
-        self.finish(VersionKind::Full, content, auc, progress.samples, skip, reason)
+        self.finish(
+            VersionKind::Full,
+            content,
+            auc,
+            progress.samples,
+            skip,
+            reason,
+        )
     }
 
     /// Publish every dense tensor. `None`: nothing to publish (no dense tensors yet,
@@ -227,9 +267,21 @@ impl Publisher {
         }
         let progress = self.source.progress();
         let auc = gate_auc(&progress);
-        let content = Content { schema: Some(self.source.schema()), dense, ..Default::default() };
+        let content = Content {
+            schema: Some(self.source.schema()),
+            dense,
+            ..Default::default()
+        };
         let skip = auc_gate(&self.cfg, auc).or_else(|| numerics_gate(&self.cfg, &content));
-        self.finish(VersionKind::Dense, content, auc, progress.samples, skip, None).map(Some)
+        self.finish(
+            VersionKind::Dense,
+            content,
+            auc,
+            progress.samples,
+            skip,
+            None,
+        )
+        .map(Some)
     }
 
     /// Publish the rows changed since the previous sparse publish. `None`: no row
@@ -241,7 +293,10 @@ impl Publisher {
         }
         let t0 = std::time::Instant::now();
         let changes = self.source.take_changes();
-        if changes.iter().all(|c| c.upserted.is_empty() && c.deleted.is_empty()) {
+        if changes
+            .iter()
+            .all(|c| c.upserted.is_empty() && c.deleted.is_empty())
+        {
             return Ok(None);
         }
         let progress = self.source.progress();
@@ -259,8 +314,19 @@ impl Publisher {
         if skip.is_some() {
             self.source.restore_changes(&changes);
         }
-        tracing::debug!(take_ms = took.as_millis() as u64, read_ms = (read - took).as_millis() as u64, "sparse rows read");
-        match self.finish(VersionKind::Sparse, content, auc, progress.samples, skip, None) {
+        tracing::debug!(
+            take_ms = took.as_millis() as u64,
+            read_ms = (read - took).as_millis() as u64,
+            "sparse rows read"
+        );
+        match self.finish(
+            VersionKind::Sparse,
+            content,
+            auc,
+            progress.samples,
+            skip,
+            None,
+        ) {
             Ok(v) => Ok(Some(v)),
             Err(e) => {
                 self.source.restore_changes(&changes);
@@ -278,7 +344,9 @@ impl Publisher {
                 .iter()
                 .find(|t| t.name == c.table)
                 .map(|t| t.dim)
-                .ok_or_else(|| PublishError::Source(format!("changes for undeclared table {}", c.table)))?;
+                .ok_or_else(|| {
+                    PublishError::Source(format!("changes for undeclared table {}", c.table))
+                })?;
             let (present, values) = self.source.read_rows(&c.table, &c.upserted)?;
             let mut deleted: Vec<u64> = c.deleted.iter().map(|k| k.0).collect();
             if present.len() < c.upserted.len() {
@@ -286,9 +354,18 @@ impl Publisher {
                 let have: HashSet<u64> = present.iter().map(|k| k.0).collect();
                 deleted.extend(c.upserted.iter().map(|k| k.0).filter(|k| !have.contains(k)));
             }
-            rows.push(RowSet { table: c.table.clone(), dim, keys: present.iter().map(|k| k.0).collect(), values, deleted });
+            rows.push(RowSet {
+                table: c.table.clone(),
+                dim,
+                keys: present.iter().map(|k| k.0).collect(),
+                values,
+                deleted,
+            });
         }
-        Ok(Content { rows, ..Default::default() })
+        Ok(Content {
+            rows,
+            ..Default::default()
+        })
     }
 
     /// Load a batch checkpoint into the store and cut it as a new full version;
@@ -312,11 +389,16 @@ impl Publisher {
         let _g = self.cut_lock();
         let sv = self.registry.stored(target)?;
         if !sv.is_full() || !sv.published() {
-            return Err(PublishError::NotRollbackable(target, "not a published full version".to_string()));
+            return Err(PublishError::NotRollbackable(
+                target,
+                "not a published full version".to_string(),
+            ));
         }
         let old = self.registry.payload(target)?;
-        let content = payload::decode(&old)
-            .ok_or_else(|| PublishError::Corrupt { key: format!("payload {target}"), message: "undecodable".into() })?;
+        let content = payload::decode(&old).ok_or_else(|| PublishError::Corrupt {
+            key: format!("payload {target}"),
+            message: "undecodable".into(),
+        })?;
         let created_ms = now_ms();
         let samples = sv.record.samples_through;
         let new = NewVersion {
@@ -329,9 +411,15 @@ impl Publisher {
             created_ms,
         };
         let layout = self.layout(VersionKind::Full, samples, created_ms);
-        let out = self.registry.record_published(new, |v, b| payload::encode(&layout(v, b), &content))?;
+        let out = self
+            .registry
+            .record_published(new, |v, b| payload::encode(&layout(v, b), &content))?;
         self.set_held(Some(target));
-        tracing::warn!(version = out.version().0, target = target.0, "rolled back; publishing held until a rebase");
+        tracing::warn!(
+            version = out.version().0,
+            target = target.0,
+            "rolled back; publishing held until a rebase"
+        );
         Ok(out)
     }
 
@@ -348,7 +436,11 @@ impl Publisher {
             cancel.cancelled().await;
             return Ok(());
         }
-        let cause = if self.registry.is_empty()? { FullCause::WarmStart } else { FullCause::Restart };
+        let cause = if self.registry.is_empty()? {
+            FullCause::WarmStart
+        } else {
+            FullCause::Restart
+        };
         self.step(Step::Full(cause)).await;
         let start = tokio::time::Instant::now();
         let first = start + Duration::from_secs(self.cfg.first_trigger_time);
@@ -423,21 +515,41 @@ enum Step {
 mod tests {
     use super::*;
     use crate::publish::source::MemorySource;
-    use odl_proto::params::{DenseSpec, ModelSchema, Optimizer, TableSpec, TaskProgress, TrainProgress};
+    use odl_proto::params::{
+        DenseSpec, ModelSchema, Optimizer, TableSpec, TaskProgress, TrainProgress,
+    };
     use odl_proto::version::VersionStatus;
 
     fn schema() -> ModelSchema {
-        let opt = Optimizer::Adagrad { lr: 0.1, initial_accumulator: 0.1 };
+        let opt = Optimizer::Adagrad {
+            lr: 0.1,
+            initial_accumulator: 0.1,
+        };
         ModelSchema {
-            tables: vec![TableSpec { name: "emb".into(), dim: 2, optimizer: opt.clone(), init_std: 0.0 }],
-            dense: vec![DenseSpec { name: "w".into(), shape: vec![2], optimizer: opt, init: vec![0.5, 0.5] }],
+            tables: vec![TableSpec {
+                name: "emb".into(),
+                dim: 2,
+                optimizer: opt.clone(),
+                init_std: 0.0,
+            }],
+            dense: vec![DenseSpec {
+                name: "w".into(),
+                shape: vec![2],
+                optimizer: opt,
+                init: vec![0.5, 0.5],
+            }],
         }
     }
 
     fn progress(auc: f64) -> TrainProgress {
         TrainProgress {
             samples: 100,
-            tasks: vec![TaskProgress { task: "click".into(), samples: 100, global_auc: auc, current_auc: auc }],
+            tasks: vec![TaskProgress {
+                task: "click".into(),
+                samples: 100,
+                global_auc: auc,
+                current_auc: auc,
+            }],
         }
     }
 
@@ -450,10 +562,16 @@ mod tests {
 
     #[test]
     fn warm_start_then_gated_increments_carry_base_rows_and_auc() {
-        let (_d, src, p) = setup(PublishConfig { update_partition_count: 4, ..Default::default() });
+        let (_d, src, p) = setup(PublishConfig {
+            update_partition_count: 4,
+            ..Default::default()
+        });
         src.set_rows("emb", &[1, 2, 3], &[0.1, 0.2, 0.3, 0.4, 0.5, 0.6]);
         let full = p.cut_full(FullCause::WarmStart).unwrap();
-        assert_eq!((full.version(), full.record.kind, full.record.rows), (Version(1), VersionKind::Full, 3));
+        assert_eq!(
+            (full.version(), full.record.kind, full.record.rows),
+            (Version(1), VersionKind::Full, 3)
+        );
         // The full version consumed the pending changes.
         assert!(p.publish_sparse().unwrap().is_none());
         src.set_rows("emb", &[2], &[9.0, 9.0]);
@@ -461,8 +579,17 @@ mod tests {
         src.set_progress(progress(0.75));
         let s = p.publish_sparse().unwrap().unwrap();
         assert_eq!(s.record.status, VersionStatus::PushOnline);
-        assert_eq!((s.record.kind, s.record.base, s.record.rows), (VersionKind::Sparse, Version(1), 2));
-        assert_eq!(s.record.auc, GateAuc { global: 0.75, current: 0.75 });
+        assert_eq!(
+            (s.record.kind, s.record.base, s.record.rows),
+            (VersionKind::Sparse, Version(1), 2)
+        );
+        assert_eq!(
+            s.record.auc,
+            GateAuc {
+                global: 0.75,
+                current: 0.75
+            }
+        );
         assert_eq!(s.record.samples_through, 100);
         let content = payload::decode(&p.registry().payload(s.version()).unwrap()).unwrap();
         assert_eq!(content.rows[0].keys, vec![2]);
@@ -471,7 +598,10 @@ mod tests {
         assert!(p.publish_dense().unwrap().is_none());
         src.set_dense("w", vec![0.25, 0.5]);
         let d = p.publish_dense().unwrap().unwrap();
-        assert_eq!((d.version(), d.record.kind), (Version(3), VersionKind::Dense));
+        assert_eq!(
+            (d.version(), d.record.kind),
+            (Version(3), VersionKind::Dense)
+        );
         assert!(p.publish_dense().unwrap().is_none());
     }
 
@@ -483,7 +613,12 @@ mod tests {
         src.set_progress(progress(0.55));
         let s = p.publish_sparse().unwrap().unwrap();
         assert_eq!(s.record.status, VersionStatus::Skipped);
-        assert!(s.record.reason.as_deref().unwrap().contains("global_auc_threshold"));
+        assert!(s
+            .record
+            .reason
+            .as_deref()
+            .unwrap()
+            .contains("global_auc_threshold"));
         assert_eq!(src.pending("emb"), 2);
         src.set_dense("w", vec![0.1, 0.1]);
         let d = p.publish_dense().unwrap().unwrap();
@@ -491,45 +626,83 @@ mod tests {
         // Once the model is good enough, the pending rows go out.
         src.set_progress(progress(0.8));
         let s = p.publish_sparse().unwrap().unwrap();
-        assert_eq!((s.record.status, s.record.rows), (VersionStatus::PushOnline, 2));
+        assert_eq!(
+            (s.record.status, s.record.rows),
+            (VersionStatus::PushOnline, 2)
+        );
         assert_eq!(src.pending("emb"), 0);
         // A periodic full version is gated too.
         src.set_progress(progress(0.1));
-        assert_eq!(p.cut_full(FullCause::Periodic).unwrap().record.status, VersionStatus::Skipped);
+        assert_eq!(
+            p.cut_full(FullCause::Periodic).unwrap().record.status,
+            VersionStatus::Skipped
+        );
     }
 
     #[test]
     fn check_numerics_skips_nan_dense_and_inf_rows() {
-        let (_d, src, p) = setup(PublishConfig { global_auc_threshold: 0.0, current_auc_threshold: 0.0, ..Default::default() });
+        let (_d, src, p) = setup(PublishConfig {
+            global_auc_threshold: 0.0,
+            current_auc_threshold: 0.0,
+            ..Default::default()
+        });
         p.cut_full(FullCause::WarmStart).unwrap();
         src.set_dense("w", vec![0.1, f32::NAN]);
         let d = p.publish_dense().unwrap().unwrap();
         assert_eq!(d.record.status, VersionStatus::Skipped);
-        assert_eq!(d.record.reason.as_deref(), Some("non-finite value in dense tensor w"));
+        assert_eq!(
+            d.record.reason.as_deref(),
+            Some("non-finite value in dense tensor w")
+        );
         src.set_rows("emb", &[7], &[f32::INFINITY, 0.0]);
         let s = p.publish_sparse().unwrap().unwrap();
-        assert_eq!(s.record.reason.as_deref(), Some("non-finite value in sparse table emb"));
+        assert_eq!(
+            s.record.reason.as_deref(),
+            Some("non-finite value in sparse table emb")
+        );
         assert_eq!(src.pending("emb"), 1);
         // A full cut with the NaN is refused too, and serving keeps version 1.
-        assert_eq!(p.cut_full(FullCause::Restart).unwrap().record.status, VersionStatus::Skipped);
+        assert_eq!(
+            p.cut_full(FullCause::Restart).unwrap().record.status,
+            VersionStatus::Skipped
+        );
         assert_eq!(p.base().unwrap(), Some(Version(1)));
     }
 
     #[test]
     fn rollback_needs_the_token_republishes_the_full_version_and_holds_publishing() {
-        let mut cfg = PublishConfig { global_auc_threshold: 0.0, current_auc_threshold: 0.0, ..Default::default() };
+        let mut cfg = PublishConfig {
+            global_auc_threshold: 0.0,
+            current_auc_threshold: 0.0,
+            ..Default::default()
+        };
         cfg.extensions.rollback_token = "s3cret".into();
         let (_d, src, p) = setup(cfg);
         src.set_rows("emb", &[1], &[1.0, 1.0]);
         p.cut_full(FullCause::WarmStart).unwrap();
         src.set_rows("emb", &[1], &[2.0, 2.0]);
         p.publish_sparse().unwrap().unwrap();
-        assert!(matches!(p.rollback(Version(1), None), Err(PublishError::Unauthorized)));
-        assert!(matches!(p.rollback(Version(1), Some("nope")), Err(PublishError::Unauthorized)));
-        assert!(matches!(p.rollback(Version(2), Some("s3cret")), Err(PublishError::NotRollbackable(..))));
-        assert!(matches!(p.rollback(Version(9), Some("s3cret")), Err(PublishError::UnknownVersion(_))));
+        assert!(matches!(
+            p.rollback(Version(1), None),
+            Err(PublishError::Unauthorized)
+        ));
+        assert!(matches!(
+            p.rollback(Version(1), Some("nope")),
+            Err(PublishError::Unauthorized)
+        ));
+        assert!(matches!(
+            p.rollback(Version(2), Some("s3cret")),
+            Err(PublishError::NotRollbackable(..))
+        ));
+        assert!(matches!(
+            p.rollback(Version(9), Some("s3cret")),
+            Err(PublishError::UnknownVersion(_))
+        ));
         let r = p.rollback(Version(1), Some("s3cret")).unwrap();
-        assert_eq!((r.version(), r.record.kind, r.record.base), (Version(3), VersionKind::Full, Version(3)));
+        assert_eq!(
+            (r.version(), r.record.kind, r.record.base),
+            (Version(3), VersionKind::Full, Version(3))
+        );
         assert_eq!(r.record.reason.as_deref(), Some("rollback to version 1"));
         let c = payload::decode(&p.registry().payload(Version(3)).unwrap()).unwrap();
         assert_eq!(c.rows[0].values, vec![1.0, 1.0]);
@@ -548,20 +721,30 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(crate::LocalStore::default());
         store.declare_schema(&schema()).unwrap();
-        store.push_rows("emb", &[FeatureId(1), FeatureId(2)], &[0.5, -0.5, 1.0, 1.0]).unwrap();
-        let cfg = PublishConfig { global_auc_threshold: 0.0, current_auc_threshold: 0.0, ..Default::default() };
+        store
+            .push_rows("emb", &[FeatureId(1), FeatureId(2)], &[0.5, -0.5, 1.0, 1.0])
+            .unwrap();
+        let cfg = PublishConfig {
+            global_auc_threshold: 0.0,
+            current_auc_threshold: 0.0,
+            ..Default::default()
+        };
         let p = Publisher::open(cfg, dir.path(), store.clone()).unwrap();
         let full = p.cut_full(FullCause::WarmStart).unwrap();
         assert_eq!(full.record.rows, 2);
         let c = payload::decode(&p.registry().payload(full.version()).unwrap()).unwrap();
         assert_eq!(c.schema.as_ref().unwrap().tables[0].name, "emb");
         assert_eq!(c.dense.len(), 1);
-        store.push_rows("emb", &[FeatureId(3)], &[0.25, 0.25]).unwrap();
+        store
+            .push_rows("emb", &[FeatureId(3)], &[0.25, 0.25])
+            .unwrap();
         let s = p.publish_sparse().unwrap().unwrap();
         let c = payload::decode(&p.registry().payload(s.version()).unwrap()).unwrap();
         assert_eq!(c.rows[0].keys, vec![3]);
         let mut want = [0f32; 2];
-        store.pull_sparse("emb", &[FeatureId(3)], &mut want).unwrap();
+        store
+            .pull_sparse("emb", &[FeatureId(3)], &mut want)
+            .unwrap();
         assert_eq!(c.rows[0].values, want.to_vec());
     }
 
@@ -604,7 +787,10 @@ mod tests {
             if kinds.contains(&VersionKind::Dense) && kinds.contains(&VersionKind::Sparse) {
                 break;
             }
-            assert!(tokio::time::Instant::now() < deadline, "no dense and sparse versions: {kinds:?}");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no dense and sparse versions: {kinds:?}"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         // Nothing changed since: no further versions, however long the timers run.

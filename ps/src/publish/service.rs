@@ -61,7 +61,9 @@ impl PublishService {
 
     /// The tonic service to mount next to the PS's own.
     pub fn into_server(self) -> PublisherServer<PublishService> {
-        PublisherServer::new(self).max_decoding_message_size(16 << 20).max_encoding_message_size(16 << 20)
+        PublisherServer::new(self)
+            .max_decoding_message_size(16 << 20)
+            .max_encoding_message_size(16 << 20)
     }
 
     fn registry(&self) -> Arc<Registry> {
@@ -69,7 +71,9 @@ impl PublishService {
     }
 }
 
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> std::result::Result<T, Status> {
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> std::result::Result<T, Status> {
     match tokio::task::spawn_blocking(f).await {
         Ok(r) => r.map_err(Status::from),
         Err(e) => Err(Status::internal(format!("task failed: {e}"))),
@@ -104,7 +108,10 @@ async fn send_version(
         None
     } else {
         let reg = registry.clone();
-        blocking(move || reg.stored(latest)).await.ok().map(|s| s.created_ms)
+        blocking(move || reg.stored(latest))
+            .await
+            .ok()
+            .map(|s| s.created_ms)
     };
     for u in payload.iter() {
         let mut u = match &u.body {
@@ -133,7 +140,10 @@ async fn stream_versions(
     tx: mpsc::Sender<std::result::Result<rpc::Update, Status>>,
 ) {
     registry.subscribe(&node);
-    let _sub = Subscription { registry: registry.clone(), node: node.clone() };
+    let _sub = Subscription {
+        registry: registry.clone(),
+        node: node.clone(),
+    };
     let mut latest = registry.watch_latest();
     let mut next = from;
     loop {
@@ -184,7 +194,9 @@ impl PublisherRpc for PublishService {
     ) -> std::result::Result<Response<rpc::ListVersionsResponse>, Status> {
         let reg = self.registry();
         let list = blocking(move || reg.list()).await?;
-        Ok(Response::new(rpc::ListVersionsResponse { versions: list.iter().map(info).collect() }))
+        Ok(Response::new(rpc::ListVersionsResponse {
+            versions: list.iter().map(info).collect(),
+        }))
     }
 
     async fn get_version(
@@ -208,7 +220,10 @@ impl PublisherRpc for PublishService {
         }
         let count = self.publisher.config().update_partition_count;
         if let Some(p) = req.partitions.iter().find(|&&p| p >= count) {
-            return Err(PublishError::Invalid(format!("partition {p} out of range: update_partition_count is {count}")).into());
+            return Err(PublishError::Invalid(format!(
+                "partition {p} out of range: update_partition_count is {count}"
+            ))
+            .into());
         }
         tracing::info!(node = %req.node_id, from = req.from_version, partitions = ?req.partitions, "serving node subscribed");
         let (tx, rx) = mpsc::channel(SUBSCRIBER_BUFFER);
@@ -223,7 +238,10 @@ impl PublisherRpc for PublishService {
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
-    async fn confirm(&self, req: Request<rpc::ConfirmRequest>) -> std::result::Result<Response<rpc::ConfirmResponse>, Status> {
+    async fn confirm(
+        &self,
+        req: Request<rpc::ConfirmRequest>,
+    ) -> std::result::Result<Response<rpc::ConfirmResponse>, Status> {
         let req = req.into_inner();
         if req.node_id.is_empty() {
             return Err(PublishError::Invalid("node_id must not be empty".into()).into());
@@ -236,7 +254,10 @@ impl PublisherRpc for PublishService {
         Ok(Response::new(rpc::ConfirmResponse { accepted: true }))
     }
 
-    async fn rebase(&self, req: Request<rpc::RebaseRequest>) -> std::result::Result<Response<rpc::VersionInfo>, Status> {
+    async fn rebase(
+        &self,
+        req: Request<rpc::RebaseRequest>,
+    ) -> std::result::Result<Response<rpc::VersionInfo>, Status> {
         let dir = PathBuf::from(req.into_inner().checkpoint);
         if dir.as_os_str().is_empty() {
             return Err(PublishError::Invalid("checkpoint must name a directory".into()).into());
@@ -246,7 +267,10 @@ impl PublisherRpc for PublishService {
         Ok(Response::new(info(&v.record)))
     }
 
-    async fn rollback(&self, req: Request<rpc::RollbackRequest>) -> std::result::Result<Response<rpc::VersionInfo>, Status> {
+    async fn rollback(
+        &self,
+        req: Request<rpc::RollbackRequest>,
+    ) -> std::result::Result<Response<rpc::VersionInfo>, Status> {
         let req = req.into_inner();
         let p = self.publisher.clone();
         let v = blocking(move || p.rollback(Version(req.version), Some(&req.token))).await?;

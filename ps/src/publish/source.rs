@@ -53,11 +53,17 @@ impl PublishSource for LocalStore {
     }
 
     fn restore_changes(&self, changes: &[TableChanges]) {
-        LocalStore::restore_changes(self, Changes { tables: changes.to_vec() })
+        LocalStore::restore_changes(
+            self,
+            Changes {
+                tables: changes.to_vec(),
+            },
+        )
     }
 
     fn read_rows(&self, table: &str, keys: &[FeatureId]) -> Result<(Vec<FeatureId>, Vec<f32>)> {
-        let b = LocalStore::read_rows(self, table, keys).map_err(|e| PublishError::Source(e.to_string()))?;
+        let b = LocalStore::read_rows(self, table, keys)
+            .map_err(|e| PublishError::Source(e.to_string()))?;
         Ok((b.keys, b.values))
     }
 
@@ -84,7 +90,9 @@ impl PublishSource for LocalStore {
     }
 
     fn rebase(&self, checkpoint: &Path) -> Result<()> {
-        self.load_from(checkpoint).map(|_| ()).map_err(|e| PublishError::Source(e.to_string()))
+        self.load_from(checkpoint)
+            .map(|_| ())
+            .map_err(|e| PublishError::Source(e.to_string()))
     }
 
     fn model_config(&self) -> Option<String> {
@@ -110,9 +118,24 @@ struct MemoryInner {
 
 impl MemorySource {
     pub fn new(schema: ModelSchema) -> MemorySource {
-        let dense = schema.dense.iter().map(|d| (d.name.clone(), d.init.clone())).collect();
-        let rows = schema.tables.iter().map(|t| (t.name.clone(), HashMap::new())).collect();
-        MemorySource { inner: Mutex::new(MemoryInner { schema, rows, dense, ..Default::default() }) }
+        let dense = schema
+            .dense
+            .iter()
+            .map(|d| (d.name.clone(), d.init.clone()))
+            .collect();
+        let rows = schema
+            .tables
+            .iter()
+            .map(|t| (t.name.clone(), HashMap::new()))
+            .collect();
+        MemorySource {
+            inner: Mutex::new(MemoryInner {
+                schema,
+                rows,
+                dense,
+                ..Default::default()
+            }),
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, MemoryInner> {
@@ -122,7 +145,12 @@ impl MemorySource {
     /// Set rows (marking them changed).
     pub fn set_rows(&self, table: &str, keys: &[u64], values: &[f32]) {
         let mut g = self.lock();
-        let dim = g.schema.tables.iter().find(|t| t.name == table).map_or(1, |t| t.dim);
+        let dim = g
+            .schema
+            .tables
+            .iter()
+            .find(|t| t.name == table)
+            .map_or(1, |t| t.dim);
         let inner = &mut *g;
         let rows = inner.rows.entry(table.to_string()).or_default();
         let up = inner.upserted.entry(table.to_string()).or_default();
@@ -140,8 +168,16 @@ impl MemorySource {
             if let Some(r) = inner.rows.get_mut(table) {
                 r.remove(k);
             }
-            inner.upserted.entry(table.to_string()).or_default().remove(k);
-            inner.deleted.entry(table.to_string()).or_default().insert(*k);
+            inner
+                .upserted
+                .entry(table.to_string())
+                .or_default()
+                .remove(k);
+            inner
+                .deleted
+                .entry(table.to_string())
+                .or_default()
+                .insert(*k);
         }
     }
 
@@ -173,8 +209,14 @@ impl PublishSource for MemorySource {
         tables
             .into_iter()
             .map(|t| TableChanges {
-                upserted: up.get(&t).map(|s| s.iter().map(|&k| FeatureId(k)).collect()).unwrap_or_default(),
-                deleted: del.get(&t).map(|s| s.iter().map(|&k| FeatureId(k)).collect()).unwrap_or_default(),
+                upserted: up
+                    .get(&t)
+                    .map(|s| s.iter().map(|&k| FeatureId(k)).collect())
+                    .unwrap_or_default(),
+                deleted: del
+                    .get(&t)
+                    .map(|s| s.iter().map(|&k| FeatureId(k)).collect())
+                    .unwrap_or_default(),
                 table: t,
             })
             .collect()
@@ -183,14 +225,23 @@ impl PublishSource for MemorySource {
     fn restore_changes(&self, changes: &[TableChanges]) {
         let mut g = self.lock();
         for c in changes {
-            g.upserted.entry(c.table.clone()).or_default().extend(c.upserted.iter().map(|k| k.0));
-            g.deleted.entry(c.table.clone()).or_default().extend(c.deleted.iter().map(|k| k.0));
+            g.upserted
+                .entry(c.table.clone())
+                .or_default()
+                .extend(c.upserted.iter().map(|k| k.0));
+            g.deleted
+                .entry(c.table.clone())
+                .or_default()
+                .extend(c.deleted.iter().map(|k| k.0));
         }
     }
 
     fn read_rows(&self, table: &str, keys: &[FeatureId]) -> Result<(Vec<FeatureId>, Vec<f32>)> {
         let g = self.lock();
-        let rows = g.rows.get(table).ok_or_else(|| PublishError::Source(format!("unknown table {table}")))?;
+        let rows = g
+            .rows
+            .get(table)
+            .ok_or_else(|| PublishError::Source(format!("unknown table {table}")))?;
         let mut present = Vec::new();
         let mut values = Vec::new();
         for k in keys {
@@ -203,7 +254,12 @@ impl PublishSource for MemorySource {
     }
 
     fn dense_snapshot(&self) -> Result<Vec<(String, Vec<f32>)>> {
-        Ok(self.lock().dense.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+        Ok(self
+            .lock()
+            .dense
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect())
     }
 
     fn full_rows(&self) -> Result<Vec<RowSet>> {
@@ -213,7 +269,11 @@ impl PublishSource for MemorySource {
             .iter()
             .map(|t| {
                 let rows = g.rows.get(&t.name);
-                let mut set = RowSet { table: t.name.clone(), dim: t.dim, ..Default::default() };
+                let mut set = RowSet {
+                    table: t.name.clone(),
+                    dim: t.dim,
+                    ..Default::default()
+                };
                 for (k, v) in rows.into_iter().flatten() {
                     set.keys.push(*k);
                     set.values.extend_from_slice(v);

@@ -65,7 +65,12 @@ pub struct Registry {
 }
 
 impl Registry {
-    pub fn open(dir: &Path, switch_timeout_s: u64, confirm_nodes: Vec<String>, keep_full_versions: usize) -> Result<Registry> {
+    pub fn open(
+        dir: &Path,
+        switch_timeout_s: u64,
+        confirm_nodes: Vec<String>,
+        keep_full_versions: usize,
+    ) -> Result<Registry> {
         let store = VersionStore::open(dir)?;
         // A version whose payload never became durable (crash while persisting it)
         // cannot be sent to a catching-up node.
@@ -81,11 +86,19 @@ impl Registry {
             .filter(|v| v.record.status == VersionStatus::PushOnline)
             .map(|v| (v.version(), v.clone()))
             .collect();
-        let latest = all.iter().rev().find(|v| v.published()).map(|v| v.version()).unwrap_or(Version(0));
+        let latest = all
+            .iter()
+            .rev()
+            .find(|v| v.published())
+            .map(|v| v.version())
+            .unwrap_or(Version(0));
         let (tx, _) = watch::channel(latest);
         Ok(Registry {
             store,
-            inner: Mutex::new(Inner { pending, ..Default::default() }),
+            inner: Mutex::new(Inner {
+                pending,
+                ..Default::default()
+            }),
             numbering: Mutex::new(()),
             latest: tx,
             switch_timeout_ms: (switch_timeout_s as i64).saturating_mul(1000),
@@ -114,10 +127,19 @@ impl Registry {
 
     /// The newest published full version.
     pub fn latest_full(&self) -> Result<Option<StoredVersion>> {
-        Ok(self.store.all()?.into_iter().rev().find(|v| v.published() && v.is_full()))
+        Ok(self
+            .store
+            .all()?
+            .into_iter()
+            .rev()
+            .find(|v| v.published() && v.is_full()))
     }
 
-    fn record(&self, new: NewVersion, status: VersionStatus) -> Result<(StoredVersion, MutexGuard<'_, ()>)> {
+    fn record(
+        &self,
+        new: NewVersion,
+        status: VersionStatus,
+    ) -> Result<(StoredVersion, MutexGuard<'_, ()>)> {
         let guard = self.numbering.lock().unwrap_or_else(|p| p.into_inner());
         let number = self.store.next_number()?;
         let base = match (new.kind, new.base) {
@@ -166,7 +188,12 @@ impl Registry {
         sv.payload_kept = true;
         {
             let mut inner = self.inner();
-            sv.required = inner.connected.keys().cloned().chain(self.confirm_nodes.iter().cloned()).collect();
+            sv.required = inner
+                .connected
+                .keys()
+                .cloned()
+                .chain(self.confirm_nodes.iter().cloned())
+                .collect();
             self.store.put(&sv)?;
             inner.pending.insert(sv.version(), sv.clone());
             inner.cache.push_back((sv.version(), updates.clone()));
@@ -217,7 +244,13 @@ impl Registry {
 
     /// Every version, newest first.
     pub fn list(&self) -> Result<Vec<VersionRecord>> {
-        Ok(self.store.all()?.into_iter().rev().map(|v| v.record).collect())
+        Ok(self
+            .store
+            .all()?
+            .into_iter()
+            .rev()
+            .map(|v| v.record)
+            .collect())
     }
 
     pub fn get(&self, v: Version) -> Result<VersionRecord> {
@@ -235,7 +268,10 @@ impl Registry {
         }
         match self.store.payload(v)? {
             Some(p) => Ok(Arc::new(p)),
-            None => Err(PublishError::NotRollbackable(v, "its payload is no longer kept".to_string())),
+            None => Err(PublishError::NotRollbackable(
+                v,
+                "its payload is no longer kept".to_string(),
+            )),
         }
     }
 
@@ -243,17 +279,30 @@ impl Registry {
     /// version from `from` on if all of them are still kept, else the newest full
     /// version and everything after it. `from == 0`: the newest full version on.
     pub fn chain(&self, from: Version) -> Result<Vec<Version>> {
-        let published: Vec<StoredVersion> = self.store.all()?.into_iter().filter(|v| v.published()).collect();
+        let published: Vec<StoredVersion> = self
+            .store
+            .all()?
+            .into_iter()
+            .filter(|v| v.published())
+            .collect();
         if from.0 > 0 {
-            let after: Vec<&StoredVersion> = published.iter().filter(|v| v.version() >= from).collect();
+            let after: Vec<&StoredVersion> =
+                published.iter().filter(|v| v.version() >= from).collect();
             if after.iter().all(|v| v.payload_kept) {
                 return Ok(after.iter().map(|v| v.version()).collect());
             }
         }
-        let Some(start) = published.iter().rposition(|v| v.is_full() && v.payload_kept) else {
+        let Some(start) = published
+            .iter()
+            .rposition(|v| v.is_full() && v.payload_kept)
+        else {
             return Ok(Vec::new());
         };
-        Ok(published[start..].iter().filter(|v| v.payload_kept).map(|v| v.version()).collect())
+        Ok(published[start..]
+            .iter()
+            .filter(|v| v.payload_kept)
+            .map(|v| v.version())
+            .collect())
     }
 
     /// A node opened a subscription stream.
@@ -352,11 +401,22 @@ mod tests {
     use odl_proto::publish_rpc::{update::Body, End};
 
     fn new(kind: VersionKind, base: Option<Version>, created_ms: i64) -> NewVersion {
-        NewVersion { kind, base, reason: None, rows: 1, samples_through: 2, auc: GateAuc::default(), created_ms }
+        NewVersion {
+            kind,
+            base,
+            reason: None,
+            rows: 1,
+            samples_through: 2,
+            auc: GateAuc::default(),
+            created_ms,
+        }
     }
 
     fn end(v: Version, _b: Version) -> Vec<Update> {
-        vec![Update { version: v.0, body: Some(Body::End(End { rows: 1 })) }]
+        vec![Update {
+            version: v.0,
+            body: Some(Body::End(End { rows: 1 })),
+        }]
     }
 
     fn open(dir: &Path, timeout: u64) -> Registry {
@@ -369,19 +429,29 @@ mod tests {
         let r = open(dir.path(), 100);
         r.subscribe("a");
         r.subscribe("b");
-        let v1 = r.record_published(new(VersionKind::Full, None, now_ms()), end).unwrap();
+        let v1 = r
+            .record_published(new(VersionKind::Full, None, now_ms()), end)
+            .unwrap();
         assert_eq!(v1.record.base, Version(1));
         assert_eq!(v1.required.len(), 2);
-        let v2 = r.record_published(new(VersionKind::Sparse, Some(Version(1)), now_ms()), end).unwrap();
+        let v2 = r
+            .record_published(new(VersionKind::Sparse, Some(Version(1)), now_ms()), end)
+            .unwrap();
         assert_eq!(v2.record.base, Version(1));
         assert!(r.confirm("a", Version(2)).unwrap().is_empty());
         assert_eq!(r.get(Version(1)).unwrap().status, VersionStatus::PushOnline);
         // b confirms 2, which covers 1 too.
-        assert_eq!(r.confirm("b", Version(2)).unwrap(), vec![Version(1), Version(2)]);
+        assert_eq!(
+            r.confirm("b", Version(2)).unwrap(),
+            vec![Version(1), Version(2)]
+        );
         let rec = r.get(Version(2)).unwrap();
         assert_eq!(rec.status, VersionStatus::Finished);
         assert!(rec.effective_at.is_some());
-        assert!(matches!(r.confirm("a", Version(9)), Err(PublishError::UnknownVersion(_))));
+        assert!(matches!(
+            r.confirm("a", Version(9)),
+            Err(PublishError::UnknownVersion(_))
+        ));
         assert_eq!(r.latest_published(), Version(2));
     }
 
@@ -391,18 +461,28 @@ mod tests {
         let r = open(dir.path(), 1);
         r.subscribe("silent");
         let t0 = now_ms();
-        r.record_published(new(VersionKind::Full, None, t0), end).unwrap();
+        r.record_published(new(VersionKind::Full, None, t0), end)
+            .unwrap();
         let mut s = new(VersionKind::Dense, Some(Version(1)), t0);
         s.reason = Some("global AUC 0.5000 < threshold 0.6800".into());
         let sk = r.record_skipped(s).unwrap();
         assert_eq!(sk.record.status, VersionStatus::Skipped);
         assert!(r.expire(t0 + 999).unwrap().is_empty());
         assert_eq!(r.expire(t0 + 1000).unwrap(), vec![Version(1)]);
-        assert_eq!(r.get(Version(1)).unwrap().status, VersionStatus::SwitchTimeout);
-        assert_eq!(r.get(Version(2)).unwrap().reason.as_deref(), Some("global AUC 0.5000 < threshold 0.6800"));
+        assert_eq!(
+            r.get(Version(1)).unwrap().status,
+            VersionStatus::SwitchTimeout
+        );
+        assert_eq!(
+            r.get(Version(2)).unwrap().reason.as_deref(),
+            Some("global AUC 0.5000 < threshold 0.6800")
+        );
         // A confirmation after the timeout changes nothing.
         assert!(r.confirm("silent", Version(1)).unwrap().is_empty());
-        assert_eq!(r.get(Version(1)).unwrap().status, VersionStatus::SwitchTimeout);
+        assert_eq!(
+            r.get(Version(1)).unwrap().status,
+            VersionStatus::SwitchTimeout
+        );
         assert_eq!(r.latest_published(), Version(1));
     }
 
@@ -410,13 +490,15 @@ mod tests {
     fn with_no_subscriber_the_first_confirming_node_finishes_a_version() {
         let dir = tempfile::tempdir().unwrap();
         let r = Registry::open(dir.path(), 100, vec!["fixed".into()], 2).unwrap();
-        r.record_published(new(VersionKind::Full, None, now_ms()), end).unwrap();
+        r.record_published(new(VersionKind::Full, None, now_ms()), end)
+            .unwrap();
         // Configured node must confirm.
         assert!(r.confirm("other", Version(1)).unwrap().is_empty());
         assert_eq!(r.confirm("fixed", Version(1)).unwrap(), vec![Version(1)]);
         let dir2 = tempfile::tempdir().unwrap();
         let r = open(dir2.path(), 100);
-        r.record_published(new(VersionKind::Full, None, now_ms()), end).unwrap();
+        r.record_published(new(VersionKind::Full, None, now_ms()), end)
+            .unwrap();
         assert_eq!(r.confirm("late", Version(1)).unwrap(), vec![Version(1)]);
     }
 
@@ -424,20 +506,32 @@ mod tests {
     fn chain_starts_at_the_newest_full_version_and_old_payloads_are_dropped() {
         let dir = tempfile::tempdir().unwrap();
         let r = open(dir.path(), 100);
-        r.record_published(new(VersionKind::Full, None, 0), end).unwrap(); // 1
-        r.record_published(new(VersionKind::Dense, Some(Version(1)), 0), end).unwrap(); // 2
-        r.record_skipped(new(VersionKind::Sparse, Some(Version(1)), 0)).unwrap(); // 3
-        r.record_published(new(VersionKind::Sparse, Some(Version(1)), 0), end).unwrap(); // 4
-        assert_eq!(r.chain(Version(0)).unwrap(), vec![Version(1), Version(2), Version(4)]);
+        r.record_published(new(VersionKind::Full, None, 0), end)
+            .unwrap(); // 1
+        r.record_published(new(VersionKind::Dense, Some(Version(1)), 0), end)
+            .unwrap(); // 2
+        r.record_skipped(new(VersionKind::Sparse, Some(Version(1)), 0))
+            .unwrap(); // 3
+        r.record_published(new(VersionKind::Sparse, Some(Version(1)), 0), end)
+            .unwrap(); // 4
+        assert_eq!(
+            r.chain(Version(0)).unwrap(),
+            vec![Version(1), Version(2), Version(4)]
+        );
         assert_eq!(r.chain(Version(3)).unwrap(), vec![Version(4)]);
         assert_eq!(r.chain(Version(5)).unwrap(), Vec::<Version>::new());
-        r.record_published(new(VersionKind::Full, None, 0), end).unwrap(); // 5
-        r.record_published(new(VersionKind::Full, None, 0), end).unwrap(); // 6
-        // Increments before 6 are dropped, and full 1 (keep 2 full versions).
+        r.record_published(new(VersionKind::Full, None, 0), end)
+            .unwrap(); // 5
+        r.record_published(new(VersionKind::Full, None, 0), end)
+            .unwrap(); // 6
+                       // Increments before 6 are dropped, and full 1 (keep 2 full versions).
         assert_eq!(r.chain(Version(2)).unwrap(), vec![Version(6)]);
         assert!(r.payload(Version(5)).is_ok());
         assert!(r.stored(Version(1)).unwrap().payload_kept == false);
-        assert!(matches!(r.payload(Version(2)), Err(PublishError::NotRollbackable(..))));
+        assert!(matches!(
+            r.payload(Version(2)),
+            Err(PublishError::NotRollbackable(..))
+        ));
         r.subscribe("n");
         r.require("n", &[Version(6)]).unwrap();
         assert!(r.stored(Version(6)).unwrap().required.contains("n"));
@@ -451,8 +545,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let r = open(dir.path(), 100);
-            r.record_published(new(VersionKind::Full, None, 0), end).unwrap();
-            r.record_published(new(VersionKind::Sparse, Some(Version(1)), 0), end).unwrap();
+            r.record_published(new(VersionKind::Full, None, 0), end)
+                .unwrap();
+            r.record_published(new(VersionKind::Sparse, Some(Version(1)), 0), end)
+                .unwrap();
             r.store.drop_payload(Version(2)).unwrap();
             r.store.flush().unwrap();
         }
@@ -467,20 +563,27 @@ mod tests {
         {
             let r = open(dir.path(), 100);
             r.subscribe("a");
-            r.record_published(new(VersionKind::Full, None, now_ms()), end).unwrap();
+            r.record_published(new(VersionKind::Full, None, now_ms()), end)
+                .unwrap();
             r.confirm("a", Version(1)).unwrap();
-            r.record_published(new(VersionKind::Dense, Some(Version(1)), now_ms()), end).unwrap();
+            r.record_published(new(VersionKind::Dense, Some(Version(1)), now_ms()), end)
+                .unwrap();
         }
         let r = open(dir.path(), 100);
         assert!(!r.is_empty().unwrap());
         let list = r.list().unwrap();
-        assert_eq!(list.iter().map(|v| v.version.0).collect::<Vec<_>>(), vec![2, 1]);
+        assert_eq!(
+            list.iter().map(|v| v.version.0).collect::<Vec<_>>(),
+            vec![2, 1]
+        );
         assert_eq!(list[1].status, VersionStatus::Finished);
         assert_eq!(list[0].status, VersionStatus::PushOnline);
         assert_eq!(r.latest_published(), Version(2));
         // The pending version still waits for "a" and finishes when it confirms.
         assert_eq!(r.confirm("a", Version(2)).unwrap(), vec![Version(2)]);
-        let v3 = r.record_published(new(VersionKind::Sparse, Some(Version(1)), now_ms()), end).unwrap();
+        let v3 = r
+            .record_published(new(VersionKind::Sparse, Some(Version(1)), now_ms()), end)
+            .unwrap();
         assert_eq!(v3.version(), Version(3));
         assert_eq!(r.latest_full().unwrap().unwrap().version(), Version(1));
     }

@@ -55,7 +55,10 @@ fn payload_key(v: Version, seq: u32) -> [u8; 12] {
 }
 
 fn corrupt(key: &[u8], message: impl ToString) -> PublishError {
-    PublishError::Corrupt { key: format!("{key:?}"), message: message.to_string() }
+    PublishError::Corrupt {
+        key: format!("{key:?}"),
+        message: message.to_string(),
+    }
 }
 
 impl VersionStore {
@@ -63,7 +66,11 @@ impl VersionStore {
         let db = sled::Config::new().path(dir).open()?;
         let records = db.open_tree("records")?;
         let payloads = db.open_tree("payloads")?;
-        Ok(VersionStore { db, records, payloads })
+        Ok(VersionStore {
+            db,
+            records,
+            payloads,
+        })
     }
 
     /// The number the next version gets: one past the newest ever stored.
@@ -82,7 +89,9 @@ impl VersionStore {
 
     pub fn get(&self, v: Version) -> Result<Option<StoredVersion>> {
         match self.records.get(v.0.to_be_bytes())? {
-            Some(b) => Ok(Some(serde_json::from_slice(&b).map_err(|e| corrupt(&v.0.to_be_bytes(), e))?)),
+            Some(b) => Ok(Some(
+                serde_json::from_slice(&b).map_err(|e| corrupt(&v.0.to_be_bytes(), e))?,
+            )),
             None => Ok(None),
         }
     }
@@ -118,12 +127,20 @@ impl VersionStore {
     }
 
     pub fn has_payload(&self, v: Version) -> Result<bool> {
-        Ok(self.payloads.scan_prefix(v.0.to_be_bytes()).next().transpose()?.is_some())
+        Ok(self
+            .payloads
+            .scan_prefix(v.0.to_be_bytes())
+            .next()
+            .transpose()?
+            .is_some())
     }
 
     pub fn drop_payload(&self, v: Version) -> Result<()> {
-        let keys: Vec<sled::IVec> =
-            self.payloads.scan_prefix(v.0.to_be_bytes()).keys().collect::<std::result::Result<_, _>>()?;
+        let keys: Vec<sled::IVec> = self
+            .payloads
+            .scan_prefix(v.0.to_be_bytes())
+            .keys()
+            .collect::<std::result::Result<_, _>>()?;
         for k in keys {
             self.payloads.remove(k)?;
         }
@@ -137,7 +154,9 @@ impl VersionStore {
 }
 
 fn decode_version(k: &[u8]) -> Result<Version> {
-    let arr: [u8; 8] = k.try_into().map_err(|_| corrupt(k, "record key is not 8 bytes"))?;
+    let arr: [u8; 8] = k
+        .try_into()
+        .map_err(|_| corrupt(k, "record key is not 8 bytes"))?;
     Ok(Version(u64::from_be_bytes(arr)))
 }
 
@@ -174,9 +193,17 @@ mod tests {
         {
             let s = VersionStore::open(dir.path()).unwrap();
             assert_eq!(s.next_number().unwrap(), Version(1));
-            s.put(&stored(1, VersionKind::Full, VersionStatus::Finished)).unwrap();
-            s.put(&stored(2, VersionKind::Sparse, VersionStatus::Skipped)).unwrap();
-            let ups = vec![Update { version: 1, body: Some(Body::End(End { rows: 3 })) }; 3];
+            s.put(&stored(1, VersionKind::Full, VersionStatus::Finished))
+                .unwrap();
+            s.put(&stored(2, VersionKind::Sparse, VersionStatus::Skipped))
+                .unwrap();
+            let ups = vec![
+                Update {
+                    version: 1,
+                    body: Some(Body::End(End { rows: 3 }))
+                };
+                3
+            ];
             s.put_payload(Version(1), &ups).unwrap();
             s.flush().unwrap();
         }

@@ -7,13 +7,13 @@
 
 use crate::serve::harness::{wait_for, LocalPublisher, ServeProcess};
 use anyhow::Context;
+use odl_proto::hashing::FeatureId;
+use odl_proto::params::ParamStore;
 use odl_proto::params::{ModelSchema, Optimizer, TableSpec};
 use odl_proto::version::{Version, VersionStatus};
 use odl_ps::publish::publisher::FullCause;
-use odl_proto::hashing::FeatureId;
-use odl_proto::params::ParamStore;
-use odl_ps::LocalStore;
 use odl_ps::publish::PublishConfig;
+use odl_ps::LocalStore;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -38,14 +38,23 @@ pub fn run(args: BenchPublishArgs) -> anyhow::Result<()> {
         tables: vec![TableSpec {
             name: "emb".into(),
             dim: args.dim,
-            optimizer: Optimizer::Adagrad { lr: 0.05, initial_accumulator: 0.0 },
+            optimizer: Optimizer::Adagrad {
+                lr: 0.05,
+                initial_accumulator: 0.0,
+            },
             init_std: 0.01,
         }],
         dense: vec![],
     };
     let source = Arc::new(LocalStore::default());
-    source.declare(&schema).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let cfg = PublishConfig { global_auc_threshold: 0.0, current_auc_threshold: 0.0, ..Default::default() };
+    source
+        .declare(&schema)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let cfg = PublishConfig {
+        global_auc_threshold: 0.0,
+        current_auc_threshold: 0.0,
+        ..Default::default()
+    };
     let partitions = cfg.update_partition_count;
     let local = LocalPublisher::start(cfg, &dir.join("versions"), source.clone(), false)?;
     let p = local.publisher.clone();
@@ -54,7 +63,10 @@ pub fn run(args: BenchPublishArgs) -> anyhow::Result<()> {
     let mut nodes = Vec::new();
     for i in 0..args.nodes {
         let id = format!("bench-node-{i}");
-        nodes.push(ServeProcess::spawn(&exe, &["--ps-grpc", &url, "--node-id", &id])?);
+        nodes.push(ServeProcess::spawn(
+            &exe,
+            &["--ps-grpc", &url, "--node-id", &id],
+        )?);
     }
     let reg = p.registry().clone();
     wait_for("every node to subscribe", Duration::from_secs(30), || {
@@ -66,20 +78,27 @@ pub fn run(args: BenchPublishArgs) -> anyhow::Result<()> {
     let rss_before: Vec<u64> = nodes.iter().map(|n| n.rss_bytes().unwrap_or(0)).collect();
 
     // Changed rows: hashed keys (as feature ids are), created by one gradient each.
-    let keys: Vec<FeatureId> =
-        (0..args.rows as u64).map(|i| odl_proto::hashing::feature_id("bench", &i.to_string())).collect();
+    let keys: Vec<FeatureId> = (0..args.rows as u64)
+        .map(|i| odl_proto::hashing::feature_id("bench", &i.to_string()))
+        .collect();
     for batch in keys.chunks(10_000) {
-        let grads: Vec<f32> = (0..batch.len() * args.dim).map(|i| (i % 100) as f32 * 1e-3).collect();
-        source.push_sparse("emb", batch, &grads).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let grads: Vec<f32> = (0..batch.len() * args.dim)
+            .map(|i| (i % 100) as f32 * 1e-3)
+            .collect();
+        source
+            .push_sparse("emb", batch, &grads)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
     }
     drop(keys);
 
     let t0 = Instant::now();
     let v = p.publish_sparse()?.context("no sparse version was cut")?;
     let cut = t0.elapsed();
-    wait_for("the sparse version to finish", Duration::from_secs(120), || {
-        (reg.get(v.version()).ok()?.status == VersionStatus::Finished).then_some(())
-    })?;
+    wait_for(
+        "the sparse version to finish",
+        Duration::from_secs(120),
+        || (reg.get(v.version()).ok()?.status == VersionStatus::Finished).then_some(()),
+    )?;
     let total = t0.elapsed();
     let rss_after: Vec<u64> = nodes.iter().map(|n| n.rss_bytes().unwrap_or(0)).collect();
     let per_million: Vec<f64> = rss_after

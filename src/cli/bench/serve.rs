@@ -37,7 +37,12 @@ const TAGS: usize = 500;
 
 /// The fields of the benchmark's instances, as the trainer would have resolved them.
 pub fn bench_fields() -> Vec<FieldConfig> {
-    let f = |name: &str, kind| FieldConfig { name: name.into(), kind, pooling: None, boundaries: vec![] };
+    let f = |name: &str, kind| FieldConfig {
+        name: name.into(),
+        kind,
+        pooling: None,
+        boundaries: vec![],
+    };
     vec![
         f("user_id", FieldKind::Sparse),
         f("item_id", FieldKind::Sparse),
@@ -105,7 +110,10 @@ fn percentile(sorted: &[Duration], q: f64) -> f64 {
 }
 
 pub fn run(args: BenchServeArgs) -> anyhow::Result<()> {
-    anyhow::ensure!(args.clients >= 1 && args.batch >= 1 && args.seconds > 0.0, "clients, batch and seconds must be positive");
+    anyhow::ensure!(
+        args.clients >= 1 && args.batch >= 1 && args.seconds > 0.0,
+        "clients, batch and seconds must be positive"
+    );
     let exe = std::env::current_exe().context("locating the odl binary")?;
     let dir = std::env::temp_dir().join(format!("odl-bench-serve-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -114,19 +122,35 @@ pub fn run(args: BenchServeArgs) -> anyhow::Result<()> {
     let model_path = dir.join("model.json");
     std::fs::write(&model_path, &model_json)?;
     let source = bench_source(&model);
-    let rows: usize = model.schema().tables.iter().map(|_| bench_keys().len()).sum();
-    let mut cfg = PublishConfig { global_auc_threshold: 0.0, current_auc_threshold: 0.0, ..Default::default() };
+    let rows: usize = model
+        .schema()
+        .tables
+        .iter()
+        .map(|_| bench_keys().len())
+        .sum();
+    let mut cfg = PublishConfig {
+        global_auc_threshold: 0.0,
+        current_auc_threshold: 0.0,
+        ..Default::default()
+    };
     cfg.extensions.model_config = model_path.display().to_string();
     let local = LocalPublisher::start(cfg, &dir.join("versions"), source, false)?;
     local.publisher.cut_full(FullCause::WarmStart)?;
-    let node = ServeProcess::spawn(&exe, &["--ps-grpc", &local.grpc_url(), "--node-id", "bench-serve"])?;
+    let node = ServeProcess::spawn(
+        &exe,
+        &["--ps-grpc", &local.grpc_url(), "--node-id", "bench-serve"],
+    )?;
     let addr = node.rest_addr.clone();
     let path = "/v1/models/rank_mmoe_odl:predict";
-    wait_for("the node to serve version 1", Duration::from_secs(60), || {
-        let mut c = HttpClient::connect(&addr).ok()?;
-        let (s, b) = c.get("/v1/models/rank_mmoe_odl").ok()?;
-        (s == 200 && String::from_utf8_lossy(&b).contains("\"AVAILABLE\"")).then_some(())
-    })?;
+    wait_for(
+        "the node to serve version 1",
+        Duration::from_secs(60),
+        || {
+            let mut c = HttpClient::connect(&addr).ok()?;
+            let (s, b) = c.get("/v1/models/rank_mmoe_odl").ok()?;
+            (s == 200 && String::from_utf8_lossy(&b).contains("\"AVAILABLE\"")).then_some(())
+        },
+    )?;
 
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
     let bodies: Arc<Vec<Vec<u8>>> = Arc::new(
@@ -140,7 +164,11 @@ pub fn run(args: BenchServeArgs) -> anyhow::Result<()> {
     // Warm up, and check the answer's shape once.
     let mut c = HttpClient::connect(&addr)?;
     let (s, b) = c.post(path, &bodies[0])?;
-    anyhow::ensure!(s == 200, "warm-up predict failed: {s} {}", String::from_utf8_lossy(&b));
+    anyhow::ensure!(
+        s == 200,
+        "warm-up predict failed: {s} {}",
+        String::from_utf8_lossy(&b)
+    );
 
     let cpu0 = node.cpu_seconds();
     let t0 = Instant::now();
@@ -155,7 +183,11 @@ pub fn run(args: BenchServeArgs) -> anyhow::Result<()> {
                 while Instant::now() < deadline {
                     let t = Instant::now();
                     let (s, b) = c.post(path, &bodies[j % bodies.len()])?;
-                    anyhow::ensure!(s == 200, "predict failed: {s} {}", String::from_utf8_lossy(&b));
+                    anyhow::ensure!(
+                        s == 200,
+                        "predict failed: {s} {}",
+                        String::from_utf8_lossy(&b)
+                    );
                     lat.push(t.elapsed());
                     j += 1;
                 }
@@ -165,7 +197,10 @@ pub fn run(args: BenchServeArgs) -> anyhow::Result<()> {
         .collect();
     let mut lat = Vec::new();
     for h in handles {
-        lat.extend(h.join().map_err(|_| anyhow::anyhow!("client thread panicked"))??);
+        lat.extend(
+            h.join()
+                .map_err(|_| anyhow::anyhow!("client thread panicked"))??,
+        );
     }
     let wall = t0.elapsed().as_secs_f64();
     let cpu = match (cpu0, node.cpu_seconds()) {
