@@ -175,6 +175,7 @@ impl LocalStore {
     /// `dir`, replacing an earlier checkpoint there. Training may continue meanwhile:
     /// each lock shard is copied consistently, the whole is not a point in time.
     pub fn save_checkpoint(&self, dir: &Path) -> Result<Manifest> {
+        let _one_at_a_time = self.checkpoint_lock.lock();
         let tmp = sibling(dir, ".tmp");
         if tmp.exists() {
             std::fs::remove_dir_all(&tmp).map_err(io(format!("removing {}", tmp.display())))?;

@@ -40,7 +40,8 @@ pub struct StoreOptions {
     /// Rows not updated for this long are evicted by [`LocalStore::evict_expired`].
     pub ttl: Option<Duration>,
     /// A row is created on the `min_count`-th push of its key (0 or 1: the first);
-    /// gradients pushed before that are dropped.
+    /// gradients pushed before that are dropped. The sighting counters of keys without
+    /// a row are dropped by the TTL sweep like rows (without a TTL they are kept).
     pub min_count: u32,
     /// Lock shards per sparse table (more: less contention, a little more memory).
     pub lock_shards: usize,
@@ -132,6 +133,9 @@ pub struct LocalStore {
     progress: Mutex<ProgressBoard>,
     /// Samples the loaded checkpoint had been trained on (0 without warm start).
     base_samples: AtomicU64,
+    /// Held while a checkpoint is written: two saves (periodic, rebase, shutdown) must
+    /// not share the `<dir>.tmp` staging directory.
+    pub(crate) checkpoint_lock: Mutex<()>,
     /// Free-form strings saved with checkpoints (e.g. the trainer's model config), so a
     /// checkpoint is self-describing.
     attributes: Mutex<BTreeMap<String, String>>,
@@ -162,6 +166,7 @@ impl LocalStore {
             dense: Mutex::new(DenseSet::default()),
             progress: Mutex::new(ProgressBoard::default()),
             base_samples: AtomicU64::new(0),
+            checkpoint_lock: Mutex::new(()),
             attributes: Mutex::new(BTreeMap::new()),
         }
     }

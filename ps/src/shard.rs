@@ -84,6 +84,9 @@ impl Shard {
             tasks.spawn(async move {
                 let mut tick =
                     tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+                // A checkpoint slower than the interval must not trigger a burst of
+                // catch-up checkpoints.
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 loop {
                     tokio::select! {
                         _ = stop.cancelled() => break,

@@ -147,3 +147,18 @@ fn interrupted_swap_falls_back_to_old() {
     let l = LocalStore::load_checkpoint(&ck, None).unwrap();
     assert_eq!(all(&l, &ks), all(&s, &ks));
 }
+
+#[test]
+fn concurrent_saves_to_one_directory_do_not_collide() {
+    let (s, ks) = trained();
+    let dir = tempfile::tempdir().unwrap();
+    let ck = dir.path().join("ckpt");
+    std::thread::scope(|sc| {
+        let hs: Vec<_> = (0..3).map(|_| sc.spawn(|| s.save_checkpoint(&ck))).collect();
+        for h in hs {
+            h.join().unwrap().unwrap();
+        }
+    });
+    let l = LocalStore::load_checkpoint(&ck, None).unwrap();
+    assert_eq!(all(&l, &ks), all(&s, &ks));
+}
