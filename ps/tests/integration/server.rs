@@ -315,3 +315,45 @@ fn the_server_itself_validates_every_call() {
     remote.pull_sparse("emb", &ks, &mut after).unwrap();
     assert_eq!(before, after);
 }
+
+#[test]
+fn a_shard_with_a_ttl_evicts_idle_rows_and_resumes_from_its_shutdown_checkpoint() {
+    use odl_ps::config::PsConfig;
+    use odl_ps::shard::{Origin, Shard};
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = PsConfig::load(None).unwrap();
+    cfg.ttl_secs = 1;
+    cfg.checkpoint_dir = dir.path().join("ck");
+    cfg.odl_model_update.open = false;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let shard = Shard::open(cfg.clone()).unwrap();
+    assert_eq!(shard.origin(), &Origin::Empty);
+    let store = shard.store();
+    let l = rt
+        .block_on(Listeners::bind("127.0.0.1:0", "127.0.0.1:0"))
+        .unwrap();
+    let addr = l.addrs().unwrap().0.to_string();
+    let stop = CancellationToken::new();
+    let running = rt.spawn(shard.run(l, stop.clone()));
+    let remote = RemoteStore::connect(RemoteOptions::new(vec![addr], "w")).unwrap();
+    remote.declare(&schema()).unwrap();
+    remote.push_sparse("emb", &spread(50), &[0.1; 200]).unwrap();
+    assert_eq!(store.table_stats().iter().map(|t| t.rows).sum::<u64>(), 50);
+    // The sweeper runs every second; rows idle for >= 1 s go, as deletions.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while store.table_stats().iter().map(|t| t.rows).sum::<u64>() > 0 {
+        assert!(std::time::Instant::now() < deadline, "rows never expired");
+        std::thread::park_timeout(Duration::from_millis(50));
+    }
+    assert_eq!(store.take_changes().tables[0].deleted.len(), 50);
+    remote.push_sparse("emb", &spread(3), &[0.1; 12]).unwrap();
+    stop.cancel();
+    rt.block_on(running).unwrap().unwrap();
+    let again = Shard::open(cfg).unwrap();
+    assert!(matches!(again.origin(), Origin::Resumed(_)));
+    assert_eq!(again.store().schema().tables.len(), 3);
+}
