@@ -27,23 +27,21 @@ fn error(status: StatusCode, message: impl ToString) -> Response {
     (status, axum::Json(json!({ "error": message.to_string() }))).into_response()
 }
 
-/// `name` must be the model this node serves.
-fn check_model(node: &Node, name: &str) -> Result<(), Response> {
-    if name == node.cfg.model_name {
-        Ok(())
-    } else {
-        Err(error(
+/// A 404 unless `name` is the model this node serves.
+fn check_model(node: &Node, name: &str) -> Option<Response> {
+    (name != node.cfg.model_name).then(|| {
+        error(
             StatusCode::NOT_FOUND,
             format!(
                 "model {name:?} not found; this node serves {:?}",
                 node.cfg.model_name
             ),
-        ))
-    }
+        )
+    })
 }
 
 async fn status(State(node): State<Arc<Node>>, Path(spec): Path<String>) -> Response {
-    if let Err(r) = check_model(&node, &spec) {
+    if let Some(r) = check_model(&node, &spec) {
         return r;
     }
     let lag = node.lag();
@@ -91,7 +89,7 @@ async fn predict(State(node): State<Arc<Node>>, Path(spec): Path<String>, body: 
             format!("unknown method in {spec:?}; POST /v1/models/{{model}}:predict"),
         );
     };
-    if let Err(r) = check_model(&node, name) {
+    if let Some(r) = check_model(&node, name) {
         return r;
     }
     let req: Value = match serde_json::from_slice(&body) {

@@ -147,7 +147,8 @@ impl Table {
         deleted: &[u64],
     ) -> Result<(), String> {
         let dim = self.dim.max(1);
-        if keys.len() % 8 != 0 || values.len() != keys.len() / 8 * dim * 4 {
+        if !keys.chunks_exact(8).remainder().is_empty() || values.len() != keys.len() / 8 * dim * 4
+        {
             return Err(format!(
                 "{} key bytes and {} value bytes for dim {dim}",
                 keys.len(),

@@ -44,39 +44,36 @@ impl IntoResponse for PublishError {
 
 async fn run<T: Send + 'static>(
     f: impl FnOnce() -> super::Result<T> + Send + 'static,
-) -> Result<T, Response> {
+) -> super::Result<T> {
     match tokio::task::spawn_blocking(f).await {
-        Ok(r) => r.map_err(IntoResponse::into_response),
-        Err(e) => Err(error(StatusCode::INTERNAL_SERVER_ERROR, e)),
+        Ok(r) => r,
+        Err(e) => Err(PublishError::Source(format!("task failed: {e}"))),
     }
 }
 
-fn parse_version(s: &str) -> Result<Version, Response> {
-    s.parse::<u64>().map(Version).map_err(|_| {
-        error(
-            StatusCode::BAD_REQUEST,
-            format!("version must be a number, got {s:?}"),
-        )
-    })
+fn parse_version(s: &str) -> super::Result<Version> {
+    s.parse::<u64>()
+        .map(Version)
+        .map_err(|_| PublishError::Invalid(format!("version must be a number, got {s:?}")))
 }
 
 async fn list(State(p): State<Arc<Publisher>>) -> Response {
     let reg = p.registry().clone();
     match run(move || reg.list()).await {
         Ok(list) => Json(list).into_response(),
-        Err(r) => r,
+        Err(e) => e.into_response(),
     }
 }
 
 async fn one(State(p): State<Arc<Publisher>>, Path(n): Path<String>) -> Response {
     let v = match parse_version(&n) {
         Ok(v) => v,
-        Err(r) => return r,
+        Err(e) => return e.into_response(),
     };
     let reg = p.registry().clone();
     match run(move || reg.get(v)).await {
         Ok(r) => Json(r).into_response(),
-        Err(r) => r,
+        Err(e) => e.into_response(),
     }
 }
 
@@ -94,7 +91,7 @@ async fn action(
     };
     let v = match parse_version(num) {
         Ok(v) => v,
-        Err(r) => return r,
+        Err(e) => return e.into_response(),
     };
     let token = headers
         .get(axum::http::header::AUTHORIZATION)
@@ -103,6 +100,6 @@ async fn action(
         .map(|t| t.trim().to_string());
     match run(move || p.rollback(v, token.as_deref())).await {
         Ok(sv) => (StatusCode::OK, Json(sv.record)).into_response(),
-        Err(r) => r,
+        Err(e) => e.into_response(),
     }
 }

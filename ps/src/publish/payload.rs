@@ -110,7 +110,7 @@ pub fn u64_bytes(v: &[u64]) -> Vec<u8> {
 
 /// Little-endian f32s; `None` if the length is not a multiple of 4.
 pub fn bytes_f32(b: &[u8]) -> Option<Vec<f32>> {
-    if b.len() % 4 != 0 {
+    if !b.chunks_exact(4).remainder().is_empty() {
         return None;
     }
     Some(
@@ -122,7 +122,7 @@ pub fn bytes_f32(b: &[u8]) -> Option<Vec<f32>> {
 
 /// Little-endian u64s; `None` if the length is not a multiple of 8.
 pub fn bytes_u64(b: &[u8]) -> Option<Vec<u64>> {
-    if b.len() % 8 != 0 {
+    if !b.chunks_exact(8).remainder().is_empty() {
         return None;
     }
     Some(

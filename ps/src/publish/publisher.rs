@@ -50,8 +50,11 @@ pub struct Publisher {
     closing: CancellationToken,
     /// The dense tensors of the last full or dense cut (published or skipped): an
     /// unchanged snapshot (no training since) is not published again.
-    last_dense: Mutex<Option<Vec<(String, Vec<f32>)>>>,
+    last_dense: Mutex<Option<DenseSnapshot>>,
 }
+
+/// Every dense tensor by name, as the store hands them out.
+type DenseSnapshot = Vec<(String, Vec<f32>)>;
 
 fn same_dense(a: &[(String, Vec<f32>)], b: &[(String, Vec<f32>)]) -> bool {
     a.len() == b.len()

@@ -527,7 +527,7 @@ mod tests {
                        // Increments before 6 are dropped, and full 1 (keep 2 full versions).
         assert_eq!(r.chain(Version(2)).unwrap(), vec![Version(6)]);
         assert!(r.payload(Version(5)).is_ok());
-        assert!(r.stored(Version(1)).unwrap().payload_kept == false);
+        assert!(!r.stored(Version(1)).unwrap().payload_kept);
         assert!(matches!(
             r.payload(Version(2)),
             Err(PublishError::NotRollbackable(..))
