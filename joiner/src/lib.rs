@@ -18,8 +18,9 @@ pub use stats::JoinStats;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// Boxed: a TOML error is large and every `Result` of the crate would carry it.
     #[error(transparent)]
-    ConfigFile(#[from] odl_proto::config::ConfigError),
+    ConfigFile(Box<odl_proto::config::ConfigError>),
     #[error("joiner config: {0}")]
     Config(String),
     #[error(transparent)]
@@ -30,6 +31,12 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+}
+
+impl From<odl_proto::config::ConfigError> for Error {
+    fn from(e: odl_proto::config::ConfigError) -> Self {
+        Error::ConfigFile(Box::new(e))
+    }
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

@@ -33,12 +33,19 @@ use world::{sigmoid, Context, World, DEVICES};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SimError {
+    /// Boxed: a TOML error is large and every `Result` here would carry it.
     #[error(transparent)]
-    ConfigFile(#[from] odl_proto::config::ConfigError),
+    ConfigFile(Box<odl_proto::config::ConfigError>),
     #[error("simulator config: {0}")]
     Config(String),
     #[error(transparent)]
     Stream(#[from] StreamError),
+}
+
+impl From<odl_proto::config::ConfigError> for SimError {
+    fn from(e: odl_proto::config::ConfigError) -> Self {
+        SimError::ConfigFile(Box::new(e))
+    }
 }
 
 pub type Result<T> = std::result::Result<T, SimError>;
@@ -169,7 +176,7 @@ pub fn generate(
 
 /// Sleeps so that `written` lines take `written / rate` seconds of wall clock.
 fn pace(started: Instant, written: u64, rate: f64) {
-    if written % 64 != 0 {
+    if !written.is_multiple_of(64) {
         return;
     }
     let due = Duration::from_secs_f64(written as f64 / rate);
