@@ -197,14 +197,18 @@ impl ModelConfig {
                 return bad(format!("field `{}` is listed twice", f.name));
             }
             match f.kind {
-                FieldKind::Bucketized => {
-                    if f.boundaries.is_empty() || f.boundaries.windows(2).any(|w| !(w[0] < w[1])) {
-                        return bad(format!(
-                            "field `{}`: bucketized needs strictly increasing boundaries",
-                            f.name
-                        ));
-                    }
+                FieldKind::Bucketized
+                    if f.boundaries.is_empty()
+                        || f.boundaries
+                            .windows(2)
+                            .any(|w| w[0].partial_cmp(&w[1]) != Some(std::cmp::Ordering::Less)) =>
+                {
+                    return bad(format!(
+                        "field `{}`: bucketized needs strictly increasing boundaries",
+                        f.name
+                    ));
                 }
+                FieldKind::Bucketized => {}
                 _ if !f.boundaries.is_empty() => {
                     return bad(format!(
                         "field `{}`: boundaries only apply to bucketized",

@@ -63,8 +63,7 @@ impl Lr {
         let dz = dloss(&logits);
         let mut g = Grads::zeros_like(p);
         for (t, &(table, bias, dense)) in self.heads.iter().enumerate() {
-            for i in 0..batch.len {
-                let d = dz[t][i];
+            for (i, &d) in dz[t].iter().enumerate().take(batch.len) {
                 if d == 0.0 {
                     continue;
                 }
