@@ -245,9 +245,11 @@ impl Inner {
         let start = Instant::now();
         let mut backoff = self.opts.initial_backoff;
         let mut failures = 0u32;
+        let mut redeclared = false;
         loop {
+            let force_declare = redeclared;
             let attempt = async {
-                if conn.down.load(Ordering::Relaxed) {
+                if force_declare || conn.down.load(Ordering::Relaxed) {
                     let schema = self.schema_json.read().clone();
                     if let Some(schema_json) = schema {
                         conn.client
@@ -288,6 +290,18 @@ impl Inner {
                     }
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(self.opts.max_backoff);
+                }
+                // A shard that restarted without a checkpoint between two calls may
+                // answer before any transport error was seen: it knows no tables.
+                // Re-declare once and retry.
+                Err(s)
+                    if !redeclared
+                        && s.code() == Code::InvalidArgument
+                        && (s.message().contains("unknown table")
+                            || s.message().contains("unknown dense"))
+                        && self.schema_json.read().is_some() =>
+                {
+                    redeclared = true;
                 }
                 Err(s) => return Err(to_param_error(i, &conn.addr, s)),
             }

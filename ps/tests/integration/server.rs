@@ -357,3 +357,47 @@ fn a_shard_with_a_ttl_evicts_idle_rows_and_resumes_from_its_shutdown_checkpoint(
     assert!(matches!(again.origin(), Origin::Resumed(_)));
     assert_eq!(again.store().schema().tables.len(), 3);
 }
+
+#[test]
+fn a_shard_restarted_empty_gets_the_schema_again_from_the_client() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let id = ShardId::new(0, 1).unwrap();
+    let serve_on = |addr: &str, stop: &CancellationToken| {
+        let l = rt.block_on(Listeners::bind(addr, "127.0.0.1:0")).unwrap();
+        let a = l.addrs().unwrap().0.to_string();
+        let store = Arc::new(LocalStore::new(StoreOptions {
+            shard: Some(id),
+            ..StoreOptions::default()
+        }));
+        (a, rt.spawn(serve(store, id, l, stop.clone())))
+    };
+    let stop1 = CancellationToken::new();
+    let (addr, first) = serve_on("127.0.0.1:0", &stop1);
+    let remote = RemoteStore::connect(RemoteOptions::new(vec![addr.clone()], "w")).unwrap();
+    remote.declare(&schema()).unwrap();
+    remote.push_sparse("emb", &spread(5), &[0.1; 20]).unwrap();
+    stop1.cancel();
+    rt.block_on(first).unwrap().unwrap();
+    // A new, empty shard on the same address: it knows no tables until the client
+    // declares again, which the client does on its own.
+    let stop2 = CancellationToken::new();
+    let (_, _second) = serve_on(&addr, &stop2);
+    let mut out = vec![0.0; 20];
+    remote.pull_sparse("emb", &spread(5), &mut out).unwrap();
+    remote.push_sparse("emb", &spread(5), &[0.1; 20]).unwrap();
+    assert!(remote.pull_dense(&["mlp.w".into()]).is_ok());
+    // An unknown name is still an error after the one re-declare, and not counted as
+    // a reconnect.
+    let before = remote.reconnects();
+    assert!(matches!(
+        remote.pull_dense(&["ghost".into()]),
+        Err(ParamError::Invalid(_))
+    ));
+    remote.pull_sparse("emb", &spread(5), &mut out).unwrap();
+    assert_eq!(remote.reconnects(), before);
+    stop2.cancel();
+}
