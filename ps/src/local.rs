@@ -171,6 +171,31 @@ impl LocalStore {
         }
     }
 
+    /// Replace everything this store holds with the checkpoint at `dir` (a rebase onto
+    /// a fresh batch model while training goes on). The checkpoint is loaded aside into
+    /// a store on the same clock, then its tables and dense tensors are swapped in, so a
+    /// concurrent pull sees the old model or the new one, never a mix of old rows the new
+    /// model does not have. Changes pending for the next sparse publish are dropped: the
+    /// caller cuts a full version right after.
+    pub fn replace_from(&self, dir: &std::path::Path) -> Result<crate::checkpoint::Manifest> {
+        let fresh = LocalStore {
+            clock: match &self.clock {
+                Clock::System(t0) => Clock::System(*t0),
+                Clock::Manual(s) => Clock::Manual(AtomicU32::new(s.load(Ordering::Relaxed))),
+            },
+            ..LocalStore::new(self.opts.clone())
+        };
+        let manifest = fresh.load_from(dir)?;
+        let LocalStore { tables, dense, attributes, base_samples, .. } = fresh;
+        *self.tables.write() = tables.into_inner();
+        *self.dense.lock() = dense.into_inner();
+        self.base_samples.store(base_samples.into_inner(), Ordering::Relaxed);
+        for (k, v) in attributes.into_inner() {
+            self.set_attribute(&k, &v);
+        }
+        Ok(manifest)
+    }
+
     /// A store whose clock only moves through [`LocalStore::set_clock`] (TTL tests).
     pub fn with_manual_clock(opts: StoreOptions) -> Self {
         LocalStore {

@@ -90,7 +90,7 @@ impl PublishSource for LocalStore {
     }
 
     fn rebase(&self, checkpoint: &Path) -> Result<()> {
-        self.load_from(checkpoint)
+        self.replace_from(checkpoint)
             .map(|_| ())
             .map_err(|e| PublishError::Source(e.to_string()))
     }

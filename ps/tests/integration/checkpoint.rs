@@ -162,3 +162,32 @@ fn concurrent_saves_to_one_directory_do_not_collide() {
     let l = LocalStore::load_checkpoint(&ck, None).unwrap();
     assert_eq!(all(&l, &ks), all(&s, &ks));
 }
+
+/// A rebase replaces the model: rows only the old model had are gone (they read as
+/// their initial value again), rows and dense tensors of the checkpoint are exact.
+#[test]
+fn replace_from_drops_rows_the_checkpoint_does_not_have() {
+    let (batch, ks) = trained();
+    let dir = tempfile::tempdir().unwrap();
+    let ck = dir.path().join("batch");
+    batch.save_checkpoint(&ck).unwrap();
+
+    let live = LocalStore::default();
+    live.declare(&schema()).unwrap();
+    let stale = [FeatureId(42), FeatureId(4242)];
+    let g: Vec<f32> = stale.iter().flat_map(|k| grad(k.0, 4)).collect();
+    live.push_sparse("emb", &stale, &g).unwrap();
+    let mut before = vec![0.0; 8];
+    live.pull_sparse("emb", &stale, &mut before).unwrap();
+
+    live.replace_from(&ck).unwrap();
+    assert_eq!(all(&live, &ks), all(&batch, &ks));
+    let fresh = LocalStore::default();
+    fresh.declare(&schema()).unwrap();
+    let (mut after, mut init) = (vec![0.0; 8], vec![0.0; 8]);
+    live.pull_sparse("emb", &stale, &mut after).unwrap();
+    fresh.pull_sparse("emb", &stale, &mut init).unwrap();
+    assert_ne!(after, before, "a row of the old model survived the rebase");
+    assert_eq!(after, init);
+    assert_eq!(live.attribute("model").as_deref(), Some("mmoe"));
+}
