@@ -78,6 +78,20 @@ struct Fields<'a> {
     features: Option<&'a RawValue>,
 }
 
+/// The raw JSON text of each known field (`None`: absent or `null`), from the fast
+/// scanner or from serde_json.
+#[derive(Default)]
+struct RawFields<'a> {
+    stream: Option<&'a str>,
+    pv_id: Option<&'a str>,
+    item_id: Option<&'a str>,
+    user_id: Option<&'a str>,
+    ts: Option<&'a str>,
+    features: Option<&'a str>,
+}
+
+mod scan;
+
 /// Reusable parser state (a scratch buffer for the key bytes).
 #[derive(Default)]
 pub struct Parser {
@@ -104,14 +118,24 @@ impl Parser {
                 Err(e) => Malformed::NotJson(e.to_string()),
             });
         }
-        let f: Fields<'a> = match serde_json::from_slice(line) {
-            Ok(f) => f,
-            Err(e) => return Err(classify(line, e)),
+        let f = match scan::fields(line) {
+            Some(f) => f,
+            None => match serde_json::from_slice::<Fields<'a>>(line) {
+                Ok(f) => RawFields {
+                    stream: f.stream.map(RawValue::get),
+                    pv_id: f.pv_id.map(RawValue::get),
+                    item_id: f.item_id.map(RawValue::get),
+                    user_id: f.user_id.map(RawValue::get),
+                    ts: f.ts.map(RawValue::get),
+                    features: f.features.map(RawValue::get),
+                },
+                Err(e) => return Err(classify(line, e)),
+            },
         };
         let stream = match known {
             Some(s) => s,
             None => {
-                let raw = f.stream.ok_or(Malformed::MissingStream)?.get();
+                let raw = f.stream.ok_or(Malformed::MissingStream)?;
                 let name = string_value(raw).ok_or_else(|| Malformed::UnknownStream(raw.to_string()))?;
                 StreamKind::parse(&name).ok_or_else(|| Malformed::UnknownStream(raw.to_string()))?
             }
@@ -120,14 +144,14 @@ impl Parser {
         let item_id = required_string(stream, "item_id", f.item_id)?;
         let user_id = match stream {
             StreamKind::Exposure => Some(required_string(stream, "user_id", f.user_id)?),
-            _ => f.user_id.map(|r| r.get()).filter(|r| r.starts_with('"')),
+            _ => f.user_id.filter(|r| r.starts_with('"')),
         };
-        let ts_raw = f.ts.ok_or(Malformed::MissingField { stream, field: "ts" })?.get();
+        let ts_raw = f.ts.ok_or(Malformed::MissingField { stream, field: "ts" })?;
         let ts =
             integer(ts_raw).ok_or(Malformed::WrongType { stream, field: "ts", expected: "an integer" })?;
         let features = match stream {
             StreamKind::Feature => {
-                let raw = f.features.ok_or(Malformed::MissingField { stream, field: "features" })?.get();
+                let raw = f.features.ok_or(Malformed::MissingField { stream, field: "features" })?;
                 if !raw.starts_with('{') {
                     return Err(Malformed::WrongType { stream, field: "features", expected: "an object" });
                 }
@@ -162,9 +186,9 @@ fn classify(_line: &[u8], e: serde_json::Error) -> Malformed {
 fn required_string<'a>(
     stream: StreamKind,
     field: &'static str,
-    raw: Option<&'a RawValue>,
+    raw: Option<&'a str>,
 ) -> Result<&'a str, Malformed> {
-    let raw = raw.ok_or(Malformed::MissingField { stream, field })?.get();
+    let raw = raw.ok_or(Malformed::MissingField { stream, field })?;
     if raw.starts_with('"') {
         Ok(raw)
     } else {
