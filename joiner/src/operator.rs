@@ -25,6 +25,7 @@
 use crate::config::JoinerConfig;
 use crate::parse::{Key, Malformed, ParsedEvent, Parser};
 use crate::stats::JoinStats;
+use bytes::Bytes;
 use odl_proto::event::StreamKind;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -62,17 +63,39 @@ type KeyMap<V> = HashMap<Key, V, BuildHasherDefault<KeyHasher>>;
 struct Feature {
     ts: i64,
     seq: u64,
-    raw: Box<str>,
+    /// The raw feature object: a slice of the event's line, shared, not copied.
+    raw: Bytes,
+}
+
+/// A byte range of a held line.
+#[derive(Clone, Copy)]
+struct Span {
+    start: u32,
+    end: u32,
+}
+
+impl Span {
+    fn of(line: &[u8], part: &str) -> Span {
+        let start = part.as_ptr() as usize - line.as_ptr() as usize;
+        Span { start: start as u32, end: (start + part.len()) as u32 }
+    }
+
+    fn get(self, line: &[u8]) -> &[u8] {
+        &line[self.start as usize..self.end as usize]
+    }
 }
 
 /// An exposure waiting for its window to close.
 struct Held {
     ts: i64,
     seq: u64,
-    /// The sample rendered up to `"labels":{"click":`.
-    prefix: Box<[u8]>,
-    /// Where the sample id's text sits in `prefix`.
-    id_end: u32,
+    /// The exposure's line (shared with the input block, not copied) and the raw
+    /// literals of its `pv_id`, `item_id` and `user_id` in it: the sample's prefix is
+    /// rendered from them when the sample is emitted.
+    line: Bytes,
+    pv_id: Span,
+    item_id: Span,
+    user_id: Option<Span>,
     audit: bool,
     clicks: u32,
     detail_clicks: u32,
@@ -244,12 +267,24 @@ impl Joiner {
 
     /// One replay line (the stream named inside it).
     pub fn push(&mut self, line: &[u8]) {
-        self.push_with(line, None)
+        self.push_bytes_with(&Bytes::copy_from_slice(line), None)
     }
 
     /// One message of a known stream (e.g. from that stream's topic).
     pub fn push_with(&mut self, line: &[u8], stream: Option<StreamKind>) {
+        self.push_bytes_with(&Bytes::copy_from_slice(line), stream)
+    }
+
+    /// One replay line, shared: what the operator keeps of it (feature objects, the
+    /// exposure's ids) are slices of `line`, not copies.
+    pub fn push_bytes(&mut self, line: &Bytes) {
+        self.push_bytes_with(line, None)
+    }
+
+    /// One shared message of a known stream.
+    pub fn push_bytes_with(&mut self, bytes: &Bytes, stream: Option<StreamKind>) {
         self.seq += 1;
+        let line: &[u8] = bytes;
         let ev = match self.parser.parse_with(line, stream) {
             Ok(ev) => ev,
             Err(m) => return self.malformed(line, m),
@@ -275,9 +310,9 @@ impl Joiner {
             return;
         }
         match ev.stream {
-            StreamKind::Exposure => self.on_exposure(&ev),
+            StreamKind::Exposure => self.on_exposure(&ev, bytes),
             StreamKind::Click | StreamKind::DetailClick => self.on_click(&ev),
-            StreamKind::Feature => self.on_feature(&ev),
+            StreamKind::Feature => self.on_feature(&ev, bytes),
         }
         if ev.ts > self.max_ts {
             self.max_ts = ev.ts;
@@ -307,11 +342,11 @@ impl Joiner {
         }
         while let Some(r) = self.ready.pop_front() {
             self.render.clear();
-            render_sample(&mut self.render, &r);
-            let id = &r.held.prefix[PREFIX_ID_START..r.held.id_end as usize];
+            let id_end = render_sample(&mut self.render, &r);
+            let id = &self.render[PREFIX_ID_START..id_end];
             let key: std::borrow::Cow<'_, [u8]> = if id.contains(&b'\\') {
-                // The quotes around the id are in the prefix too: decode the literal.
-                let quoted = &r.held.prefix[PREFIX_ID_START - 1..r.held.id_end as usize + 1];
+                // The quotes around the id are in the sample too: decode the literal.
+                let quoted = &self.render[PREFIX_ID_START - 1..id_end + 1];
                 match serde_json::from_slice::<String>(quoted) {
                     Ok(s) => s.into_bytes().into(),
                     Err(_) => id.into(),
@@ -329,18 +364,19 @@ impl Joiner {
         self.dead.push_back(DeadLetter { reason: m.reason(), stream: m.stream(), line: line.to_vec() });
     }
 
-    fn on_exposure(&mut self, ev: &ParsedEvent<'_>) {
+    fn on_exposure(&mut self, ev: &ParsedEvent<'_>, line: &Bytes) {
         let state = self.keys.entry(ev.key).or_default();
         if state.exposure.is_some() {
             self.stats.exposure.duplicate += 1;
             return;
         }
-        let (prefix, id_end) = render_prefix(ev);
         let mut held = Held {
             ts: ev.ts,
             seq: self.seq,
-            prefix,
-            id_end,
+            line: line.clone(),
+            pv_id: Span::of(line, ev.pv_id),
+            item_id: Span::of(line, ev.item_id),
+            user_id: ev.user_id.map(|u| Span::of(line, u)),
             audit: self.audit_all || ev.audit_hash < self.audit_threshold,
             clicks: 0,
             detail_clicks: 0,
@@ -365,6 +401,11 @@ impl Joiner {
         held.detail_clicks = claimed;
         self.stats.detail_click.joined += claimed as u64;
         let (lb, gr) = (self.lookback, self.grace);
+        if state.features.iter().all(|f| in_window(t, f.ts, lb, gr)) {
+            // The usual case (the one feature logged before this exposure): hand the
+            // vector over instead of moving its items into a new one.
+            held.candidates = std::mem::take(&mut state.features);
+        }
         let mut i = 0;
         while i < state.features.len() {
             if in_window(t, state.features[i].ts, lb, gr) {
@@ -404,8 +445,11 @@ impl Joiner {
         self.timers.push(Timer { deadline: ev.ts, seq: self.seq, key: ev.key, kind });
     }
 
-    fn on_feature(&mut self, ev: &ParsedEvent<'_>) {
-        let raw: Box<str> = ev.features.unwrap_or("{}").into();
+    fn on_feature(&mut self, ev: &ParsedEvent<'_>, line: &Bytes) {
+        let raw = match ev.features {
+            Some(f) => line.slice_ref(f.as_bytes()),
+            None => Bytes::from_static(b"{}"),
+        };
         let f = Feature { ts: ev.ts, seq: self.seq, raw };
         let state = self.keys.entry(ev.key).or_default();
         if let Some(h) = state.exposure.as_mut() {
@@ -433,7 +477,9 @@ impl Joiner {
     }
 
     fn fire(&mut self, t: Timer) {
-        let Some(state) = self.keys.get_mut(&t.key) else { return };
+        let Some(state) = self.keys.get_mut(&t.key) else {
+            return;
+        };
         let (wm, flushing, lookback) = (self.watermark, self.flushing, self.lookback);
         let expired = |ts: i64| flushing || ts < wm;
         match t.kind {
@@ -507,55 +553,71 @@ fn choose_feature(c: &[Feature], t: i64) -> Option<usize> {
     before.or_else(|| (0..c.len()).min_by_key(|&i| (c[i].ts, c[i].seq)))
 }
 
-/// `{"sample_id":"<pv>:<item>","ts":T,"user_id":U,"item_id":I,"labels":{"click":`.
+/// `{"sample_id":"<pv>:<item>","ts":T,"user_id":U,"item_id":I,"labels":{"click":`;
+/// returns where the sample id's text ends in `out`.
 /// Raw string literals concatenate safely: JSON escapes do not span characters.
-fn render_prefix(ev: &ParsedEvent<'_>) -> (Box<[u8]>, u32) {
-    let pv = &ev.pv_id[1..ev.pv_id.len() - 1];
-    let item = &ev.item_id[1..ev.item_id.len() - 1];
-    let user = ev.user_id.unwrap_or("\"\"");
-    let mut v = Vec::with_capacity(80 + 2 * pv.len() + 2 * item.len() + user.len());
-    v.extend_from_slice(br#"{"sample_id":""#);
-    v.extend_from_slice(pv.as_bytes());
-    v.push(b':');
-    v.extend_from_slice(item.as_bytes());
-    let id_end = v.len() as u32;
-    let _ = write!(
-        v,
-        "\",\"ts\":{},\"user_id\":{user},\"item_id\":{},\"labels\":{{\"click\":",
-        ev.ts, ev.item_id
-    );
-    (v.into_boxed_slice(), id_end)
+fn render_prefix(out: &mut Vec<u8>, h: &Held) -> usize {
+    let pv_id = h.pv_id.get(&h.line);
+    let item_id = h.item_id.get(&h.line);
+    let user = h.user_id.map_or(&b"\"\""[..], |u| u.get(&h.line));
+    out.extend_from_slice(br#"{"sample_id":""#);
+    out.extend_from_slice(&pv_id[1..pv_id.len() - 1]);
+    out.push(b':');
+    out.extend_from_slice(&item_id[1..item_id.len() - 1]);
+    let id_end = out.len();
+    out.extend_from_slice(br#"","ts":"#);
+    let _ = write!(out, "{}", h.ts);
+    out.extend_from_slice(br#","user_id":"#);
+    out.extend_from_slice(user);
+    out.extend_from_slice(br#","item_id":"#);
+    out.extend_from_slice(item_id);
+    out.extend_from_slice(br#","labels":{"click":"#);
+    id_end
 }
 
-fn render_sample(out: &mut Vec<u8>, r: &Ready) {
+/// Renders the sample; returns where the sample id's text ends in `out`.
+fn render_sample(out: &mut Vec<u8>, r: &Ready) -> usize {
     let click = (r.held.clicks > 0) as u8;
     let detail = (r.held.detail_clicks > 0) as u8;
-    out.extend_from_slice(&r.held.prefix);
-    let _ = write!(out, "{click},\"detail_click\":{detail}}},\"features\":");
+    let id_end = render_prefix(out, &r.held);
+    out.push(b'0' + click);
+    out.extend_from_slice(br#","detail_click":"#);
+    out.push(b'0' + detail);
+    out.extend_from_slice(br#"},"features":"#);
     splice_features(out, &r.feature.raw, click, detail);
     out.push(b'}');
+    id_end
 }
 
 /// The feature object with `click_label` and `detail_click_label` appended. The object
 /// is copied as bytes; only if it could already hold a `*_label` key (rare) is it
 /// parsed, so the labels replace rather than repeat that key.
-fn splice_features(out: &mut Vec<u8>, raw: &str, click: u8, detail: u8) {
-    let suspicious = raw.contains("_label") || raw.contains("\\u");
+fn splice_features(out: &mut Vec<u8>, raw: &[u8], click: u8, detail: u8) {
+    let suspicious =
+        memchr::memmem::find(raw, b"_label").is_some() || memchr::memmem::find(raw, b"\\u").is_some();
     if suspicious {
-        if let Ok(mut map) = serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(raw) {
+        if let Ok(mut map) = serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(raw) {
             map.insert("click_label".into(), click.into());
             map.insert("detail_click_label".into(), detail.into());
             let _ = serde_json::to_writer(&mut *out, &map);
             return;
         }
     }
-    let body = raw.trim_end();
-    let body = body.strip_suffix('}').unwrap_or(body);
-    out.extend_from_slice(body.as_bytes());
-    if !body.trim_start().trim_start_matches('{').trim().is_empty() {
+    let body = raw.trim_ascii_end();
+    let body = body.strip_suffix(b"}").unwrap_or(body);
+    out.extend_from_slice(body);
+    let mut inner = body.trim_ascii_start();
+    while let Some(rest) = inner.strip_prefix(b"{") {
+        inner = rest;
+    }
+    if !inner.trim_ascii().is_empty() {
         out.push(b',');
     }
-    let _ = write!(out, "\"click_label\":{click},\"detail_click_label\":{detail}}}");
+    out.extend_from_slice(br#""click_label":"#);
+    out.push(b'0' + click);
+    out.extend_from_slice(br#","detail_click_label":"#);
+    out.push(b'0' + detail);
+    out.push(b'}');
 }
 
 fn render_dead_letter(out: &mut Vec<u8>, d: &DeadLetter) {

@@ -45,7 +45,7 @@ pub fn run(
         match source.poll(BATCH, POLL_WAIT)? {
             Poll::Records(records) => {
                 for r in &records {
-                    joiner.push(&r.value);
+                    joiner.push_bytes(&r.value);
                 }
                 drain(&mut joiner, samples, audit, dead_letter)?;
             }

@@ -218,18 +218,10 @@ mod tests {
         let Some(f) = fields(line.as_bytes()) else {
             return false;
         };
-        let s: Fields<'_> =
-            serde_json::from_str(line).unwrap_or_else(|e| panic!("{line}: serde says {e}"));
+        let s: Fields<'_> = serde_json::from_str(line).unwrap_or_else(|e| panic!("{line}: serde says {e}"));
         assert_eq!(
             (f.stream, f.pv_id, f.item_id, f.user_id, f.ts, f.features),
-            (
-                g(s.stream),
-                g(s.pv_id),
-                g(s.item_id),
-                g(s.user_id),
-                g(s.ts),
-                g(s.features)
-            ),
+            (g(s.stream), g(s.pv_id), g(s.item_id), g(s.user_id), g(s.ts), g(s.features)),
             "{line}"
         );
         true
