@@ -64,31 +64,21 @@ pub fn init_tracing() {
         .init();
 }
 
-/// Cancel `token` on SIGINT or SIGTERM (spawned on the current runtime), so every
-/// service drains and checkpoints before the process exits 0.
-pub async fn cancel_on_signal(token: tokio_util::sync::CancellationToken) {
+/// SIGINT or SIGTERM cancels `token`, so every service drains and checkpoints before
+/// the process exits 0. The handlers are installed before this returns (call it before
+/// announcing readiness): a signal right after "ready" must not kill the process.
+/// Must be called inside a tokio runtime.
+pub fn cancel_on_signal(token: tokio_util::sync::CancellationToken) -> anyhow::Result<()> {
+    use anyhow::Context;
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     tokio::spawn(async move {
-        let ctrl_c = tokio::signal::ctrl_c();
-        #[cfg(unix)]
-        {
-            use tokio::signal::unix::{signal, SignalKind};
-            match signal(SignalKind::terminate()) {
-                Ok(mut term) => {
-                    tokio::select! {
-                        _ = ctrl_c => {}
-                        _ = term.recv() => {}
-                    }
-                }
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                }
-            }
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+            _ = int.recv() => tracing::info!("SIGINT: shutting down"),
         }
-        #[cfg(not(unix))]
-        {
-            let _ = ctrl_c.await;
-        }
-        tracing::info!("shutting down");
         token.cancel();
     });
+    Ok(())
 }

@@ -82,7 +82,7 @@ async fn serve(config: PsConfig) -> anyhow::Result<()> {
     let listeners = Listeners::bind(&config.grpc_addr, &config.http_addr).await?;
     let (grpc, http) = listeners.addrs()?;
     let shutdown = CancellationToken::new();
-    spawn_signal_handler(shutdown.clone())?;
+    super::cancel_on_signal(shutdown.clone())?;
     let c = config.clone();
     let shard = tokio::task::spawn_blocking(move || Shard::open(c))
         .await
@@ -102,21 +102,5 @@ async fn serve(config: PsConfig) -> anyhow::Result<()> {
     );
     shard.run(listeners, shutdown).await?;
     tracing::info!("stopped");
-    Ok(())
-}
-
-/// SIGINT or SIGTERM cancels `token` (a second signal is ignored; the drain writes the
-/// last checkpoint and exits).
-fn spawn_signal_handler(token: CancellationToken) -> anyhow::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    tokio::spawn(async move {
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-            _ = int.recv() => tracing::info!("SIGINT: shutting down"),
-        }
-        token.cancel();
-    });
     Ok(())
 }

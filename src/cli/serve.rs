@@ -34,40 +34,13 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     cfg.validate()?;
     let rt = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
     rt.block_on(async move {
+        let cancel = tokio_util::sync::CancellationToken::new();
+        super::cancel_on_signal(cancel.clone())?;
         let listener = tokio::net::TcpListener::bind(&cfg.rest_addr)
             .await
             .with_context(|| format!("binding the REST address {}", cfg.rest_addr))?;
         // The bound address on stdout, so a caller that asked for port 0 can find it.
         println!("odl serve listening on http://{}", listener.local_addr()?);
-        let cancel = tokio_util::sync::CancellationToken::new();
-        let c = cancel.clone();
-        tokio::spawn(async move {
-            shutdown_signal().await;
-            c.cancel();
-        });
         crate::serve::run(cfg, listener, cancel).await
     })
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
-    }
 }

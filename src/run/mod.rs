@@ -31,7 +31,7 @@ pub fn run(cfg: RunConfig) -> anyhow::Result<()> {
         .with_context(|| format!("creating data_dir {}", cfg.data_dir.display()))?;
     let rt = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
     let cancel = CancellationToken::new();
-    rt.block_on(crate::cli::cancel_on_signal(cancel.clone()));
+    rt.block_on(async { crate::cli::cancel_on_signal(cancel.clone()) })?;
     rt.block_on(pipeline(cfg, cancel))
 }
 
