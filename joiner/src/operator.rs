@@ -26,11 +26,13 @@ use crate::config::JoinerConfig;
 use crate::parse::{Key, Malformed, ParsedEvent, Parser};
 use crate::stats::JoinStats;
 use bytes::Bytes;
+use memchr::memmem::Finder;
 use odl_proto::event::StreamKind;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::io::Write;
+use std::sync::LazyLock;
 
 /// What the operator hands out.
 pub enum Output<'a> {
@@ -489,6 +491,10 @@ impl Joiner {
                         self.emit(t.key, held);
                     }
                 }
+                if self.keys.get(&t.key).is_some_and(KeyState::is_empty) {
+                    self.keys.remove(&t.key);
+                }
+                return;
             }
             TimerKind::Click => {
                 let before = state.clicks.len();
@@ -506,7 +512,7 @@ impl Joiner {
                 self.stats.feature.unjoined += (before - state.features.len()) as u64;
             }
         }
-        if self.keys.get(&t.key).is_some_and(KeyState::is_empty) {
+        if state.is_empty() {
             self.keys.remove(&t.key);
         }
     }
@@ -593,8 +599,9 @@ fn render_sample(out: &mut Vec<u8>, r: &Ready) -> usize {
 /// is copied as bytes; only if it could already hold a `*_label` key (rare) is it
 /// parsed, so the labels replace rather than repeat that key.
 fn splice_features(out: &mut Vec<u8>, raw: &[u8], click: u8, detail: u8) {
-    let suspicious =
-        memchr::memmem::find(raw, b"_label").is_some() || memchr::memmem::find(raw, b"\\u").is_some();
+    static FINDERS: LazyLock<[Finder<'static>; 2]> =
+        LazyLock::new(|| [Finder::new(b"_label"), Finder::new(b"\\u")]);
+    let suspicious = FINDERS.iter().any(|f| f.find(raw).is_some());
     if suspicious {
         if let Ok(mut map) = serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(raw) {
             map.insert("click_label".into(), click.into());

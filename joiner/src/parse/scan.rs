@@ -85,10 +85,26 @@ fn ws(b: &[u8], mut i: usize) -> usize {
     i
 }
 
+/// Bytes that end a plain run inside a string: `"`, `\\` and control characters.
+static SPECIAL: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut c = 0;
+    while c < 0x20 {
+        t[c] = true;
+        c += 1;
+    }
+    t[b'"' as usize] = true;
+    t[b'\\' as usize] = true;
+    t
+};
+
 /// The end (one past the closing quote) of the string whose body starts at `i`.
 #[inline]
 fn string(b: &[u8], mut i: usize) -> Option<usize> {
     loop {
+        while b.get(i).is_some_and(|&c| !SPECIAL[c as usize]) {
+            i += 1;
+        }
         match *b.get(i)? {
             b'"' => return Some(i + 1),
             b'\\' => match *b.get(i + 1)? {
