@@ -102,6 +102,7 @@ impl<T: RecordSource + ?Sized> RecordSource for Box<T> {
 
 pub mod channel;
 pub mod file;
+pub mod kafka;
 
 pub use channel::{channel, ChannelSink, ChannelSource};
 pub use file::{FileSink, FileSource};

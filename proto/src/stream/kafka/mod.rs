@@ -1,0 +1,36 @@
+//! Kafka behind the record-stream traits (rdkafka over librdkafka).
+//!
+//! The traits are synchronous and batched, so both sides use rdkafka's *base* clients:
+//! the caller's thread polls, which is also where rebalance callbacks run, so nothing
+//! happens to a consumer between two calls its owner makes.
+//!
+//! Two ways to consume, because odl's services recover in two ways:
+//! - [`KafkaSource::assign`]: every partition of a topic from offsets the caller keeps
+//!   itself. The joiner checkpoints its offsets together with its buffered state
+//!   (Kafka's own commits could not be atomic with that state), and starts from them.
+//! - [`KafkaSource::subscribe`]: a consumer group. Trainer workers share a topic this
+//!   way and commit (`RecordSource::commit`) only once a batch's gradients reached the
+//!   parameter server.
+//!
+//! Broker outages never lose data: the producer retries forever (`message.timeout.ms`
+//! 0) and `flush` reports a retryable error while records are still queued; consumer
+//! errors come back as [`StreamError::Broker`], which callers retry with backoff.
+
+mod admin;
+mod config;
+mod sink;
+mod source;
+#[cfg(test)]
+mod tests;
+
+pub use admin::{check_connection, ensure_topics, partition_count};
+pub use config::KafkaConfig;
+pub use sink::KafkaSink;
+pub use source::{KafkaSource, Offsets};
+
+use super::StreamError;
+use rdkafka::error::KafkaError;
+
+fn broker_error(what: &str, e: KafkaError) -> StreamError {
+    StreamError::Broker(format!("{what}: {e}"))
+}

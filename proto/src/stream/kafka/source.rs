@@ -1,0 +1,227 @@
+//! Consuming one topic as a [`RecordSource`].
+
+use super::{broker_error, KafkaConfig};
+use crate::stream::{Poll, Position, Record, RecordSource, Result, StreamError};
+use bytes::Bytes;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Next offset to read per partition: what a consumer has returned so far, and what a
+/// restarted one starts from.
+pub type Offsets = BTreeMap<i32, i64>;
+
+/// How long metadata and watermark requests may take before the call reports a
+/// (retryable) broker error.
+const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub struct KafkaSource {
+    consumer: BaseConsumer<GroupContext>,
+    topic: String,
+    /// Next offset per partition after the records returned so far.
+    returned: Offsets,
+    /// Whether offsets are committed to a consumer group (subscribe) or kept by the
+    /// caller (assign).
+    grouped: bool,
+}
+
+/// Rebalance callbacks run inside `poll`; they record what the group took away, so
+/// the source stops tracking (and committing) partitions it no longer owns.
+#[derive(Default)]
+struct GroupContext {
+    revoked: Arc<Mutex<Vec<i32>>>,
+    assigned: Arc<Mutex<Vec<i32>>>,
+}
+
+impl ClientContext for GroupContext {}
+
+impl ConsumerContext for GroupContext {
+    fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(tpl) = rebalance {
+            let parts: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+            tracing::info!(partitions = ?parts, "kafka: partitions revoked");
+            lock(&self.revoked).extend(parts);
+        }
+    }
+
+    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(tpl) => {
+                let parts: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+                tracing::info!(partitions = ?parts, "kafka: partitions assigned");
+                *lock(&self.assigned) = parts;
+            }
+            Rebalance::Error(e) => tracing::warn!("kafka: rebalance failed: {e}"),
+            Rebalance::Revoke(_) => {}
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Consumer defaults: offsets are committed explicitly (never by a timer, which would
+/// commit records not yet processed), a new group starts at the beginning of the
+/// topic, and a dead member is noticed within seconds.
+const CONSUMER_DEFAULTS: &[(&str, &str)] = &[
+    ("enable.auto.commit", "false"),
+    ("enable.auto.offset.store", "false"),
+    ("auto.offset.reset", "earliest"),
+    ("enable.partition.eof", "false"),
+    ("session.timeout.ms", "6000"),
+    ("heartbeat.interval.ms", "1000"),
+    ("fetch.wait.max.ms", "100"),
+];
+
+impl KafkaSource {
+    /// Join consumer group `group` on `topic`; the group's committed offsets say where
+    /// to start (the beginning of the topic for a new group).
+    pub fn subscribe(cfg: &KafkaConfig, topic: &str, group: &str) -> Result<Self> {
+        let consumer = Self::consumer(cfg, Some(group))?;
+        consumer
+            .subscribe(&[topic])
+            .map_err(|e| broker_error(&format!("subscribing to {topic}"), e))?;
+        Ok(Self::new(consumer, topic, true))
+    }
+
+    /// Read every partition of `topic`, each from its offset in `start` (the beginning
+    /// of the partition where `start` has none). Nothing is committed to Kafka: the
+    /// caller checkpoints [`KafkaSource::positions`] with its own state.
+    pub fn assign(cfg: &KafkaConfig, topic: &str, start: &Offsets) -> Result<Self> {
+        let partitions = super::partition_count(cfg, topic, METADATA_TIMEOUT)?;
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..partitions {
+            let offset = start.get(&p).map_or(Offset::Beginning, |&o| Offset::Offset(o));
+            tpl.add_partition_offset(topic, p, offset)
+                .map_err(|e| broker_error("building the assignment", e))?;
+        }
+        let consumer = Self::consumer(cfg, None)?;
+        consumer
+            .assign(&tpl)
+            .map_err(|e| broker_error(&format!("assigning {topic}"), e))?;
+        let mut source = Self::new(consumer, topic, false);
+        source.returned = start.clone();
+        Ok(source)
+    }
+
+    fn consumer(cfg: &KafkaConfig, group: Option<&str>) -> Result<BaseConsumer<GroupContext>> {
+        let mut client = cfg.client(CONSUMER_DEFAULTS);
+        // librdkafka wants a group id even for a plain assignment; it is never used
+        // for commits there.
+        client.set("group.id", group.unwrap_or("odl-unused-assign-only"));
+        client
+            .create_with_context(GroupContext::default())
+            .map_err(|e| broker_error("creating a consumer", e))
+    }
+
+    fn new(consumer: BaseConsumer<GroupContext>, topic: &str, grouped: bool) -> Self {
+        KafkaSource { consumer, topic: topic.to_string(), returned: Offsets::new(), grouped }
+    }
+
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// Next offset per partition after everything returned so far.
+    pub fn positions(&self) -> &Offsets {
+        &self.returned
+    }
+
+    /// The partitions this consumer owns now (after the last rebalance it saw).
+    pub fn assignment(&self) -> Vec<i32> {
+        if self.grouped {
+            lock(&self.consumer.context().assigned).clone()
+        } else {
+            self.consumer
+                .assignment()
+                .map(|t| t.elements().iter().map(|e| e.partition()).collect())
+                .unwrap_or_default()
+        }
+    }
+
+    /// Messages behind each owned partition's high watermark: the consumer lag.
+    pub fn lag(&self) -> Result<BTreeMap<i32, i64>> {
+        let mut lag = BTreeMap::new();
+        for p in self.assignment() {
+            let (low, high) = self
+                .consumer
+                .fetch_watermarks(&self.topic, p, METADATA_TIMEOUT)
+                .map_err(|e| broker_error(&format!("reading watermarks of {}", self.topic), e))?;
+            let next = self.returned.get(&p).copied().unwrap_or(low).max(low);
+            lag.insert(p, (high - next).max(0));
+        }
+        Ok(lag)
+    }
+
+    fn forget_revoked(&mut self) {
+        let revoked = std::mem::take(&mut *lock(&self.consumer.context().revoked));
+        for p in revoked {
+            self.returned.remove(&p);
+        }
+    }
+
+}
+
+/// Copy a message out of librdkafka's buffer, noting its partition's next offset.
+fn record(returned: &mut Offsets, m: &rdkafka::message::BorrowedMessage<'_>) -> Record {
+    let position = Position { partition: m.partition(), offset: m.offset() };
+    returned.insert(position.partition, position.offset + 1);
+    Record {
+        key: m.key().map(Bytes::copy_from_slice),
+        value: Bytes::copy_from_slice(m.payload().unwrap_or_default()),
+        position,
+    }
+}
+
+impl RecordSource for KafkaSource {
+    fn poll(&mut self, max: usize, timeout: Duration) -> Result<Poll> {
+        let deadline = Instant::now() + timeout;
+        let mut out = Vec::new();
+        let mut wait = timeout;
+        while out.len() < max.max(1) {
+            match self.consumer.poll(wait) {
+                None => break,
+                Some(Ok(m)) => out.push(record(&mut self.returned, &m)),
+                Some(Err(KafkaError::PartitionEOF(_))) => {}
+                Some(Err(e)) if out.is_empty() => {
+                    self.forget_revoked();
+                    return Err(broker_error(&format!("consuming {}", self.topic), e));
+                }
+                // Return what arrived; the error recurs on the next poll if it lasts.
+                Some(Err(e)) => {
+                    tracing::warn!(topic = %self.topic, "kafka: {e}");
+                    break;
+                }
+            }
+            // After the first record, take only what is already buffered.
+            wait = if out.is_empty() { deadline.saturating_duration_since(Instant::now()) } else { Duration::ZERO };
+            if out.is_empty() && wait.is_zero() {
+                break;
+            }
+        }
+        self.forget_revoked();
+        Ok(if out.is_empty() { Poll::Idle } else { Poll::Records(out) })
+    }
+
+    /// Group mode: commit the returned positions of the partitions still owned.
+    /// Assign mode: nothing to do (the caller checkpoints [`KafkaSource::positions`]).
+    fn commit(&mut self) -> Result<()> {
+        self.forget_revoked();
+        if !self.grouped || self.returned.is_empty() {
+            return Ok(());
+        }
+        let mut tpl = TopicPartitionList::new();
+        for (&p, &next) in &self.returned {
+            tpl.add_partition_offset(&self.topic, p, Offset::Offset(next))
+                .map_err(|e| broker_error("building the commit", e))?;
+        }
+        self.consumer
+            .commit(&tpl, CommitMode::Sync)
+            .map_err(|e| StreamError::Broker(format!("committing offsets of {}: {e}", self.topic)))
+    }
+}

@@ -1,0 +1,121 @@
+//! The Kafka stream against librdkafka's in-process mock cluster: produce, both ways
+//! of consuming, resuming from kept and from committed offsets, and an unreachable
+//! broker. The real-broker tests (tansu) are in the workspace's `tests/`.
+
+use super::*;
+use crate::stream::{Poll, RecordSink, RecordSource};
+use rdkafka::mocking::MockCluster;
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+fn cluster(topic: &str, partitions: i32) -> (MockCluster<'static, rdkafka::producer::DefaultProducerContext>, KafkaConfig) {
+    let mock = MockCluster::new(1).expect("mock cluster");
+    mock.create_topic(topic, partitions, 1).expect("mock topic");
+    let cfg = KafkaConfig::new(mock.bootstrap_servers());
+    (mock, cfg)
+}
+
+fn produce(cfg: &KafkaConfig, topic: &str, range: std::ops::Range<u32>) {
+    let mut sink = KafkaSink::create(cfg, topic).expect("sink");
+    for i in range {
+        let key = format!("k{i}");
+        sink.send(Some(key.as_bytes()), format!("{{\"i\":{i}}}").as_bytes()).expect("send");
+    }
+    sink.flush().expect("flush");
+}
+
+/// Poll until `n` records arrived (or 30 s passed: a broken consumer fails the test
+/// instead of hanging it).
+fn read(source: &mut KafkaSource, n: usize) -> Vec<u32> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut got = Vec::new();
+    while got.len() < n && Instant::now() < deadline {
+        if let Poll::Records(rs) = source.poll(1000, Duration::from_millis(200)).expect("poll") {
+            for r in rs {
+                let v: serde_json::Value = serde_json::from_slice(&r.value).expect("json");
+                assert_eq!(r.key.as_deref(), Some(format!("k{}", v["i"]).as_bytes()));
+                got.push(v["i"].as_u64().expect("i") as u32);
+            }
+        }
+    }
+    got
+}
+
+fn drained(source: &mut KafkaSource) -> bool {
+    matches!(source.poll(100, Duration::from_millis(500)).expect("poll"), Poll::Idle)
+}
+
+#[test]
+fn assigned_source_reads_every_partition_and_resumes_from_kept_positions() {
+    let (_mock, cfg) = cluster("events", 3);
+    produce(&cfg, "events", 0..300);
+    let mut source = KafkaSource::assign(&cfg, "events", &Offsets::new()).expect("assign");
+    let got: BTreeSet<u32> = read(&mut source, 300).into_iter().collect();
+    assert_eq!(got, (0..300).collect());
+    assert!(drained(&mut source));
+    let kept = source.positions().clone();
+    assert_eq!(kept.values().sum::<i64>(), 300, "next offsets add up to what was read");
+    assert_eq!(source.lag().expect("lag").values().sum::<i64>(), 0);
+    drop(source);
+
+    produce(&cfg, "events", 300..310);
+    let mut resumed = KafkaSource::assign(&cfg, "events", &kept).expect("assign");
+    let mut got = read(&mut resumed, 10);
+    got.sort();
+    assert_eq!(got, (300..310).collect::<Vec<_>>(), "only what came after the kept positions");
+    assert!(drained(&mut resumed));
+}
+
+#[test]
+fn group_source_resumes_from_its_committed_offsets() {
+    let (_mock, cfg) = cluster("samples", 2);
+    produce(&cfg, "samples", 0..200);
+    let mut first = KafkaSource::subscribe(&cfg, "samples", "g1").expect("subscribe");
+    let read_first = read(&mut first, 200);
+    assert_eq!(read_first.len(), 200);
+    first.commit().expect("commit");
+    drop(first);
+
+    produce(&cfg, "samples", 200..250);
+    let mut second = KafkaSource::subscribe(&cfg, "samples", "g1").expect("subscribe");
+    let mut got = read(&mut second, 50);
+    got.sort();
+    assert_eq!(got, (200..250).collect::<Vec<_>>(), "committed records are not read again");
+    assert_eq!(second.assignment().len(), 2, "the only member owns both partitions");
+}
+
+#[test]
+fn uncommitted_records_are_read_again_by_the_group() {
+    let (_mock, cfg) = cluster("samples", 1);
+    produce(&cfg, "samples", 0..20);
+    let mut first = KafkaSource::subscribe(&cfg, "samples", "g2").expect("subscribe");
+    assert_eq!(read(&mut first, 20).len(), 20);
+    drop(first); // no commit: as if the worker died before its push reached the PS
+    let mut second = KafkaSource::subscribe(&cfg, "samples", "g2").expect("subscribe");
+    assert_eq!(read(&mut second, 20).len(), 20);
+}
+
+/// The mock cluster does not implement CreateTopics (`ensure_topics` is tested against
+/// the real broker in `tests/kafka.rs`); metadata it does answer.
+#[test]
+fn partitions_are_counted_and_the_broker_is_reachable() {
+    let (_mock, cfg) = cluster("existing", 3);
+    let t = Duration::from_secs(10);
+    assert_eq!(partition_count(&cfg, "existing", t).expect("count"), 3);
+    check_connection(&cfg, t).expect("reachable");
+}
+
+#[test]
+fn an_unreachable_broker_is_a_retryable_error_not_a_hang_or_a_loss() {
+    // Port 9 (discard) on loopback: nothing listens, connections are refused.
+    let mut cfg = KafkaConfig::new("127.0.0.1:9");
+    cfg.flush_timeout_ms = 300;
+    let e = check_connection(&cfg, Duration::from_millis(500)).expect_err("nothing listens");
+    assert!(e.retryable(), "{e}");
+    let mut sink = KafkaSink::create(&cfg, "t").expect("a producer is created offline");
+    sink.send(Some(b"k"), b"{}").expect("queued locally");
+    let e = sink.flush().expect_err("not acknowledged");
+    assert!(e.retryable(), "{e}");
+    assert!(e.to_string().contains("1 records"), "{e}");
+    assert_eq!(sink.failed(), 0, "still queued, not dropped");
+}
