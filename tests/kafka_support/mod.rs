@@ -1,0 +1,87 @@
+//! The real Kafka-protocol broker the integration tests share: tansu, started by
+//! `scripts/kafka-up` (which `.ci/run` runs before the tests). Every test creates its
+//! own uniquely named topics and consumer groups, so tests share one broker and run in
+//! parallel.
+//!
+//! `ODL_KAFKA_BROKERS` overrides the address (default 127.0.0.1:9092). Without a
+//! broker a test fails under CI (`CI` set, as in `.ci/run`) and is skipped with a
+//! message elsewhere, so a laptop without tansu can still run the rest of the suite.
+#![allow(dead_code)]
+
+use odl_proto::stream::kafka::{KafkaConfig, KafkaSink, KafkaSource, Offsets};
+use odl_proto::stream::{Poll, RecordSink, RecordSource};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+/// The broker address, or `None` (test skipped) when none listens outside CI.
+pub fn brokers() -> Option<String> {
+    let brokers = std::env::var("ODL_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into());
+    let first = brokers.split(',').next().unwrap_or_default().to_string();
+    let reachable = first
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+        .is_some_and(|a| TcpStream::connect_timeout(&a, Duration::from_secs(2)).is_ok());
+    if reachable {
+        return Some(brokers);
+    }
+    if std::env::var_os("CI").is_some() {
+        panic!("no Kafka broker at {brokers}: .ci/run starts one with scripts/kafka-up");
+    }
+    eprintln!("SKIPPED: no Kafka broker at {brokers} (run scripts/kafka-up)");
+    None
+}
+
+pub fn config(brokers: &str) -> KafkaConfig {
+    KafkaConfig::new(brokers)
+}
+
+/// A topic (or group) name no other test or earlier run uses.
+pub fn unique(prefix: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    format!("{prefix}-{}-{nanos}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+}
+
+/// Produce `values` (one message each, unkeyed) to `topic`, acknowledged.
+pub fn produce<'a>(brokers: &str, topic: &str, values: impl IntoIterator<Item = &'a [u8]>) {
+    let mut sink = KafkaSink::create(&config(brokers), topic).expect("producer");
+    for v in values {
+        sink.send(None, v).expect("send");
+    }
+    sink.flush().expect("flush");
+}
+
+/// Read every partition of `topic` from the beginning until `expected` messages
+/// arrived and then `quiet` passed without another one (so extra messages are seen
+/// too), or `timeout` passed. Returns (key, value) pairs in arrival order.
+pub fn consume_all(
+    brokers: &str,
+    topic: &str,
+    expected: usize,
+    quiet: Duration,
+    timeout: Duration,
+) -> Vec<(Option<Vec<u8>>, Vec<u8>)> {
+    let mut source = KafkaSource::assign(&config(brokers), topic, &Offsets::new()).expect("consumer");
+    let deadline = Instant::now() + timeout;
+    let mut out = Vec::new();
+    let mut last = Instant::now();
+    while Instant::now() < deadline {
+        match source.poll(10_000, Duration::from_millis(200)).expect("poll") {
+            Poll::Records(rs) => {
+                last = Instant::now();
+                out.extend(rs.into_iter().map(|r| (r.key.map(|k| k.to_vec()), r.value.to_vec())));
+            }
+            Poll::Idle | Poll::End => {
+                if out.len() >= expected && last.elapsed() >= quiet {
+                    break;
+                }
+            }
+        }
+    }
+    out
+}
