@@ -4,15 +4,20 @@
 //! - [`operator`]: the join itself, pure (no I/O, no clock);
 //! - [`stats`]: the join statistics and their atomic file;
 //! - [`service`]: the loop that drives the operator between a record source and sinks;
-//! - [`config`]: the typed configuration (`configs/joiner.toml`).
+//! - [`config`]: the typed configuration (`configs/joiner.toml`);
+//! - [`quality`]: sample quality (label and sample delay, positive rate, feature coverage);
+//! - [`http`]: the HTTP routes every joiner serves (`/stats`, `/v1/quality`, `/metrics`).
 
 pub mod config;
+pub mod http;
 pub mod operator;
 pub mod parse;
+pub mod quality;
 pub mod service;
 pub mod stats;
 
 pub use config::JoinerConfig;
+pub use http::JoinerObservations;
 pub use operator::{Joiner, Output};
 pub use stats::JoinStats;
 

@@ -24,6 +24,7 @@
 
 use crate::config::JoinerConfig;
 use crate::parse::{Key, Malformed, ParsedEvent, Parser};
+use crate::quality::{Pending, Quality};
 use crate::stats::JoinStats;
 use bytes::Bytes;
 use memchr::memmem::Finder;
@@ -213,6 +214,7 @@ pub struct Joiner {
     ready: VecDeque<Ready>,
     dead: VecDeque<DeadLetter>,
     stats: JoinStats,
+    quality: Quality,
     render: Vec<u8>,
 }
 
@@ -239,12 +241,31 @@ impl Joiner {
             ready: VecDeque::new(),
             dead: VecDeque::new(),
             stats: JoinStats::default(),
+            quality: Quality::default(),
             render: Vec::with_capacity(4096),
         }
     }
 
     pub fn stats(&self) -> &JoinStats {
         &self.stats
+    }
+
+    /// Label delays, sample delay, positive rates and feature coverage (`/v1/quality`).
+    pub fn quality(&self) -> &Quality {
+        &self.quality
+    }
+
+    /// Events held in the join state, counted by a scan (called once per stats tick).
+    pub fn pending(&self) -> Pending {
+        let mut p = Pending::default();
+        for k in self.keys.values() {
+            p.exposures += k.exposure.is_some() as u64;
+            p.clicks += k.clicks.len() as u64;
+            p.detail_clicks += k.detail_clicks.len() as u64;
+            p.features += k.features.len() as u64;
+            p.features += k.exposure.as_ref().map_or(0, |h| h.candidates.len() as u64);
+        }
+        p
     }
 
     /// Largest ts seen minus the allowed lateness (`i64::MIN` before the first event).
@@ -387,8 +408,12 @@ impl Joiner {
         let t = ev.ts;
         let (cw, dw) = (self.click_wait, self.detail_click_wait);
         let mut claimed = 0;
+        let quality = &mut self.quality;
         state.clicks.retain(|&c| {
             let hit = in_window(t, c, 0, cw);
+            if hit {
+                quality.label_joined(false, c - t);
+            }
             claimed += hit as u32;
             !hit
         });
@@ -397,6 +422,9 @@ impl Joiner {
         claimed = 0;
         state.detail_clicks.retain(|&c| {
             let hit = in_window(t, c, 0, dw);
+            if hit {
+                quality.label_joined(true, c - t);
+            }
             claimed += hit as u32;
             !hit
         });
@@ -427,6 +455,7 @@ impl Joiner {
         let state = self.keys.entry(ev.key).or_default();
         if let Some(h) = state.exposure.as_mut() {
             if in_window(h.ts, ev.ts, 0, wait) {
+                self.quality.label_joined(detail, ev.ts - h.ts);
                 if detail {
                     h.detail_clicks += 1;
                     self.stats.detail_click.joined += 1;
@@ -435,6 +464,9 @@ impl Joiner {
                     self.stats.click.joined += 1;
                 }
                 return;
+            }
+            if ev.ts > h.ts.saturating_add(wait) {
+                self.quality.label_past_window(detail);
             }
         }
         let kind = if detail {
@@ -539,6 +571,8 @@ impl Joiner {
                 self.stats.exposure.joined += 1;
                 self.stats.samples.emitted += 1;
                 self.stats.samples.audited += held.audit as u64;
+                let labels = (held.clicks > 0, held.detail_clicks > 0);
+                self.quality.sample(held.ts, self.watermark, labels.0, labels.1, &feature.raw);
                 self.ready.push_back(Ready { held, feature });
             }
             None => self.stats.exposure.unjoined += 1,

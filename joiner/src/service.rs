@@ -4,6 +4,7 @@
 //! the source and sinks they pass in.
 
 use crate::config::JoinerConfig;
+use crate::http::JoinerObservations;
 use crate::operator::{Joiner, Output};
 use crate::stats::JoinStats;
 use crate::Result;
@@ -28,8 +29,25 @@ pub fn run(
     config: &JoinerConfig,
     source: &mut dyn RecordSource,
     sinks: Sinks<'_>,
+    on_stats: impl FnMut(&JoinStats) -> Result<()>,
+) -> Result<JoinStats> {
+    run_observed(config, source, sinks, None, on_stats)
+}
+
+/// [`run`], also publishing the statistics, quality and state sizes into
+/// `observations` (what the joiner's HTTP routes serve) at every stats tick.
+pub fn run_observed(
+    config: &JoinerConfig,
+    source: &mut dyn RecordSource,
+    sinks: Sinks<'_>,
+    observations: Option<&JoinerObservations>,
     mut on_stats: impl FnMut(&JoinStats) -> Result<()>,
 ) -> Result<JoinStats> {
+    let publish = |j: &Joiner| {
+        if let Some(o) = observations {
+            o.publish(j);
+        }
+    };
     let mut joiner = Joiner::new(config);
     let Sinks { samples, audit, dead_letter } = sinks;
     let mut discard = Discard;
@@ -40,6 +58,7 @@ pub fn run(
     };
     let interval = Duration::from_millis(config.stats_interval_ms);
     let mut last_stats = Instant::now();
+    publish(&joiner);
     on_stats(joiner.stats())?;
     loop {
         match source.poll(BATCH, POLL_WAIT)? {
@@ -53,6 +72,7 @@ pub fn run(
             Poll::End => break,
         }
         if last_stats.elapsed() >= interval {
+            publish(&joiner);
             on_stats(joiner.stats())?;
             last_stats = Instant::now();
         }
@@ -70,6 +90,7 @@ pub fn run(
     }
     source.commit()?;
     let stats = *joiner.stats();
+    publish(&joiner);
     on_stats(&stats)?;
     Ok(stats)
 }
