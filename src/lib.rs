@@ -3,6 +3,7 @@
 //! this is where they are wired together.
 
 pub mod cli;
+pub mod dashboard;
 pub mod run;
 pub mod serve;
 pub mod simulate;

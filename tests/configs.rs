@@ -25,6 +25,9 @@ fn load(rel: &str, path: &Path) -> Option<Result<(), String>> {
         "simulate.toml" => odl::simulate::SimConfig::load(p).map(drop).map_err(|e| e.to_string()),
         "joiner.toml" => odl_joiner::JoinerConfig::load(p).map(drop).map_err(|e| e.to_string()),
         "serve.toml" => odl::serve::ServeConfig::load(p).map(drop).map_err(|e| format!("{e:#}")),
+        "dashboard.toml" | "cluster/dashboard.toml" => {
+            odl::dashboard::DashboardConfig::load(p).map(drop).map_err(|e| e.to_string())
+        }
         r if r == "model.toml" || r.starts_with("models/") => {
             odl_trainer::ModelConfig::load(p).map(drop).map_err(|e| e.to_string())
         }
@@ -73,6 +76,7 @@ fn example_configs_are_complete_on_their_own() {
     parse_str::<odl_trainer::ModelConfig>(&read("model.toml"), "model.toml").unwrap();
     parse_str::<odl_ps::config::PsConfig>(&read("ps.toml"), "ps.toml").unwrap();
     parse_str::<odl::serve::ServeConfig>(&read("serve.toml"), "serve.toml").unwrap();
+    parse_str::<odl::dashboard::DashboardConfig>(&read("dashboard.toml"), "dashboard.toml").unwrap();
     parse_str::<odl_trainer::worker_config::TrainerConfig>(&read("trainer.toml"), "trainer.toml")
         .unwrap();
 }

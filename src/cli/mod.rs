@@ -4,6 +4,7 @@
 use clap::{Parser, Subcommand};
 
 pub mod bench;
+pub mod dashboard;
 pub mod join;
 pub mod ps;
 pub mod run;
@@ -34,6 +35,8 @@ pub enum Command {
     Ps(ps::PsArgs),
     /// Run a serving node: apply published versions, answer predictions (PUBLISH.md).
     Serve(serve::ServeArgs),
+    /// The live page over the services' HTTP endpoints (http://127.0.0.1:8080/).
+    Dashboard(dashboard::DashboardArgs),
     /// Benchmarks: throughput and memory of each service.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -48,6 +51,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Eval(a) => train::run_eval(a),
         Command::Ps(a) => ps::run(a),
         Command::Serve(a) => serve::run(a),
+        Command::Dashboard(a) => dashboard::run(a),
         Command::Bench(b) => bench::run(b),
     }
 }
