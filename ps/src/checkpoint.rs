@@ -105,6 +105,13 @@ fn table_tree(name: &str) -> String {
     format!("table:{name}")
 }
 
+/// Keys seen fewer than `min_count` times, with their counts: a restart must not make
+/// a key start counting again (one blob per lock shard, counts stored as the blob's
+/// one-float records; a checkpoint without this tree simply has none).
+fn pending_tree(name: &str) -> String {
+    format!("pending:{name}")
+}
+
 fn floats_to_bytes(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
@@ -215,6 +222,7 @@ impl LocalStore {
             }
             tree.apply_batch(batch).map_err(sled_err)?;
         }
+        self.save_pending(&db).map_err(sled_err)?;
         let schema = self.schema();
         for t in &schema.tables {
             rows.entry(t.name.clone()).or_default();
@@ -334,6 +342,8 @@ impl LocalStore {
                 table.insert_records(&keys, &recs, now);
             }
         }
+        self.load_pending(&db, &m.schema, range)
+            .map_err(|e| PsError::checkpoint(&dir, e))?;
         let dense_tree = db.open_tree(DENSE_TREE).map_err(sled_err)?;
         let shard = self.shard();
         for spec in &m.schema.dense {
@@ -367,6 +377,57 @@ impl LocalStore {
             self.set_attribute(k, v);
         }
         Ok(m)
+    }
+}
+
+impl LocalStore {
+    fn save_pending(&self, db: &sled::Db) -> sled::Result<()> {
+        for spec in self.schema().tables {
+            let Ok(table) = self.table(&spec.name) else {
+                continue;
+            };
+            let tree = db.open_tree(pending_tree(&spec.name))?;
+            for i in 0..table.lock_shards() {
+                let pending = table.copy_pending(i);
+                if pending.is_empty() {
+                    continue;
+                }
+                let keys: Vec<u64> = pending.iter().map(|p| p.0).collect();
+                let counts: Vec<f32> = pending.iter().map(|p| p.1 as f32).collect();
+                tree.insert((i as u32).to_be_bytes(), encode_blob(&keys, &counts))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn load_pending(
+        &self,
+        db: &sled::Db,
+        schema: &ModelSchema,
+        range: Option<(u64, u64)>,
+    ) -> std::result::Result<(), String> {
+        let now = self.now();
+        let (lo, hi) = range.unwrap_or((0, u64::MAX));
+        for spec in &schema.tables {
+            let table = self.table(&spec.name).map_err(|e| e.to_string())?;
+            let tree = db
+                .open_tree(pending_tree(&spec.name))
+                .map_err(|e| e.to_string())?;
+            for item in tree.iter() {
+                let (_, v) = item.map_err(|e| e.to_string())?;
+                let (mut keys, mut counts) = (Vec::new(), Vec::new());
+                decode_blob(&v, 1, &mut keys, &mut counts)
+                    .map_err(|e| format!("pending sightings of {:?}: {e}", spec.name))?;
+                let owned: Vec<(u64, u32)> = keys
+                    .into_iter()
+                    .zip(counts)
+                    .filter(|(k, _)| (lo..=hi).contains(k))
+                    .map(|(k, n)| (k, n as u32))
+                    .collect();
+                table.insert_pending(&owned, now);
+            }
+        }
+        Ok(())
     }
 }
 

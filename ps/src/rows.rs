@@ -169,6 +169,20 @@ impl RowShard {
         Upsert::Row(floats_mut(&mut w[HEADER..]))
     }
 
+    /// Keys not yet promoted to rows and how often each was seen (`min_count`).
+    pub fn pending_counts(&self) -> impl Iterator<Item = (u64, u32)> + '_ {
+        self.pending.iter().map(|(&k, &(n, _))| (k, n))
+    }
+
+    /// Restore a sighting count from a checkpoint (unless the key has a row by now).
+    pub fn insert_pending(&mut self, key: u64, count: u32, now: u32) {
+        if self.find(key).is_none() {
+            let e = self.pending.entry(key).or_insert((0, now));
+            e.0 = e.0.max(count);
+            e.1 = now;
+        }
+    }
+
     /// Evicts rows (and pending sightings) last updated before `cutoff`, recording
     /// evicted rows as deletions for the publisher. Returns the rows evicted.
     pub fn evict_before(&mut self, cutoff: u32) -> usize {

@@ -167,6 +167,17 @@ impl SparseTable {
         (keys, values)
     }
 
+    /// Lock shard `i`'s pending sightings (keys below `min_count`), for checkpoints.
+    pub fn copy_pending(&self, i: usize) -> Vec<(u64, u32)> {
+        self.shards[i].lock().pending_counts().collect()
+    }
+
+    pub fn insert_pending(&self, pending: &[(u64, u32)], now: u32) {
+        for &(k, n) in pending {
+            self.shard(k).lock().insert_pending(k, n, now);
+        }
+    }
+
     pub fn evict_before(&self, cutoff: u32) -> usize {
         self.shards
             .iter()

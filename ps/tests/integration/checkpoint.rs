@@ -154,7 +154,9 @@ fn concurrent_saves_to_one_directory_do_not_collide() {
     let dir = tempfile::tempdir().unwrap();
     let ck = dir.path().join("ckpt");
     std::thread::scope(|sc| {
-        let hs: Vec<_> = (0..3).map(|_| sc.spawn(|| s.save_checkpoint(&ck))).collect();
+        let hs: Vec<_> = (0..3)
+            .map(|_| sc.spawn(|| s.save_checkpoint(&ck)))
+            .collect();
         for h in hs {
             h.join().unwrap().unwrap();
         }
@@ -190,4 +192,61 @@ fn replace_from_drops_rows_the_checkpoint_does_not_have() {
     assert_ne!(after, before, "a row of the old model survived the rebase");
     assert_eq!(after, init);
     assert_eq!(live.attribute("model").as_deref(), Some("mmoe"));
+}
+
+/// `min_count` sightings survive a checkpoint: a key pushed twice of three times
+/// before a restart becomes a row on its next push, not after three more.
+#[test]
+fn pending_sightings_survive_a_checkpoint() {
+    let opts = || odl_ps::StoreOptions {
+        min_count: 3,
+        ..Default::default()
+    };
+    let rows = |s: &LocalStore| -> u64 {
+        s.table_stats()
+            .iter()
+            .filter(|t| t.name == "emb")
+            .map(|t| t.rows)
+            .sum()
+    };
+    let ks: Vec<FeatureId> = (1..=100u64)
+        .map(|i| FeatureId(i.wrapping_mul(0x9E37_79B9_7F4A_7C15)))
+        .collect();
+    let g: Vec<f32> = ks.iter().flat_map(|k| grad(k.0, 4)).collect();
+    let s = LocalStore::new(opts());
+    s.declare(&schema()).unwrap();
+    for _ in 0..2 {
+        s.push_sparse("emb", &ks, &g).unwrap();
+    }
+    assert_eq!(rows(&s), 0, "two sightings of three: no rows yet");
+    let dir = tempfile::tempdir().unwrap();
+    let ck = dir.path().join("ckpt");
+    s.save_checkpoint(&ck).unwrap();
+
+    let restored = LocalStore::load_checkpoints(&[ck.clone()], opts()).unwrap();
+    restored.push_sparse("emb", &ks, &g).unwrap();
+    assert_eq!(
+        rows(&restored),
+        100,
+        "the third sighting, counted across the restart"
+    );
+
+    // Each shard of a re-sharded cluster keeps the sightings of the keys it owns.
+    let mut total = 0;
+    for i in 0..2 {
+        let shard = LocalStore::new(odl_ps::StoreOptions {
+            shard: ShardId::new(i, 2),
+            ..opts()
+        });
+        shard.load_from(&ck).unwrap();
+        let owned: Vec<FeatureId> = ks
+            .iter()
+            .copied()
+            .filter(|k| ShardId::new(i, 2).unwrap().owns_key(*k))
+            .collect();
+        let g: Vec<f32> = owned.iter().flat_map(|k| grad(k.0, 4)).collect();
+        shard.push_sparse("emb", &owned, &g).unwrap();
+        total += rows(&shard);
+    }
+    assert_eq!(total, 100);
 }
