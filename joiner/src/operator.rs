@@ -215,6 +215,9 @@ pub struct Joiner {
     dead: VecDeque<DeadLetter>,
     stats: JoinStats,
     quality: Quality,
+    /// Whether `quality` is kept: reading every sample's feature object costs about as
+    /// much as the join itself, so a joiner nobody asks for `/v1/quality` skips it.
+    observe_quality: bool,
     render: Vec<u8>,
 }
 
@@ -242,6 +245,7 @@ impl Joiner {
             dead: VecDeque::new(),
             stats: JoinStats::default(),
             quality: Quality::default(),
+            observe_quality: true,
             render: Vec::with_capacity(4096),
         }
     }
@@ -253,6 +257,12 @@ impl Joiner {
     /// Label delays, sample delay, positive rates and feature coverage (`/v1/quality`).
     pub fn quality(&self) -> &Quality {
         &self.quality
+    }
+
+    /// Keeps [`Joiner::quality`] up to date (the default) or leaves it empty (a replay
+    /// that serves no `/v1/quality`).
+    pub fn set_observe_quality(&mut self, on: bool) {
+        self.observe_quality = on;
     }
 
     /// Events held in the join state, counted by a scan (called once per stats tick).
@@ -409,9 +419,10 @@ impl Joiner {
         let (cw, dw) = (self.click_wait, self.detail_click_wait);
         let mut claimed = 0;
         let quality = &mut self.quality;
+        let observe = self.observe_quality;
         state.clicks.retain(|&c| {
             let hit = in_window(t, c, 0, cw);
-            if hit {
+            if hit && observe {
                 quality.label_joined(false, c - t);
             }
             claimed += hit as u32;
@@ -422,7 +433,7 @@ impl Joiner {
         claimed = 0;
         state.detail_clicks.retain(|&c| {
             let hit = in_window(t, c, 0, dw);
-            if hit {
+            if hit && observe {
                 quality.label_joined(true, c - t);
             }
             claimed += hit as u32;
@@ -455,7 +466,9 @@ impl Joiner {
         let state = self.keys.entry(ev.key).or_default();
         if let Some(h) = state.exposure.as_mut() {
             if in_window(h.ts, ev.ts, 0, wait) {
-                self.quality.label_joined(detail, ev.ts - h.ts);
+                if self.observe_quality {
+                    self.quality.label_joined(detail, ev.ts - h.ts);
+                }
                 if detail {
                     h.detail_clicks += 1;
                     self.stats.detail_click.joined += 1;
@@ -465,7 +478,7 @@ impl Joiner {
                 }
                 return;
             }
-            if ev.ts > h.ts.saturating_add(wait) {
+            if self.observe_quality && ev.ts > h.ts.saturating_add(wait) {
                 self.quality.label_past_window(detail);
             }
         }
@@ -571,8 +584,10 @@ impl Joiner {
                 self.stats.exposure.joined += 1;
                 self.stats.samples.emitted += 1;
                 self.stats.samples.audited += held.audit as u64;
-                let labels = (held.clicks > 0, held.detail_clicks > 0);
-                self.quality.sample(held.ts, self.watermark, labels.0, labels.1, &feature.raw);
+                if self.observe_quality {
+                    let labels = (held.clicks > 0, held.detail_clicks > 0);
+                    self.quality.sample(held.ts, self.watermark, labels.0, labels.1, &feature.raw);
+                }
                 self.ready.push_back(Ready { held, feature });
             }
             None => self.stats.exposure.unjoined += 1,

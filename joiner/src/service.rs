@@ -49,6 +49,7 @@ pub fn run_observed(
         }
     };
     let mut joiner = Joiner::new(config);
+    joiner.set_observe_quality(observations.is_some());
     let Sinks { samples, audit, dead_letter } = sinks;
     let mut discard = Discard;
     let has_dead_letter = dead_letter.is_some();

@@ -8,15 +8,15 @@
 //! shard writes its final checkpoint and the servers stop. Exit 0.
 
 pub mod config;
-mod stats_http;
+mod versions;
 
 use anyhow::Context;
-use odl_joiner::JoinStats;
+use odl_joiner::JoinerObservations;
 use odl_proto::params::ParamStore;
 use odl_proto::stream::{channel, file::FileSink, RecordSink, RecordSource, StreamError};
 use odl_ps::server::Listeners;
 use odl_ps::shard::Shard;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -57,7 +57,7 @@ async fn pipeline(mut cfg: RunConfig, cancel: CancellationToken) -> anyhow::Resu
         .with_context(|| format!("binding serving REST {}", cfg.serve.rest_addr))?;
     let rest = serve_listener.local_addr()?;
     cfg.serve.ps_grpc = format!("http://{grpc}");
-    let stats = Arc::new(Mutex::new(JoinStats::default()));
+    let observations = JoinerObservations::default();
     let stats_listener = tokio::net::TcpListener::bind(&cfg.joiner_http_addr)
         .await
         .with_context(|| format!("binding joiner HTTP {}", cfg.joiner_http_addr))?;
@@ -70,23 +70,29 @@ async fn pipeline(mut cfg: RunConfig, cancel: CancellationToken) -> anyhow::Resu
         "serving node",
         crate::serve::run(cfg.serve.clone(), serve_listener, servers.clone()),
     ));
+    let joiner_app = odl_joiner::http::router(observations.clone());
+    let stop = servers.clone();
     tasks.spawn(named(
         "joiner http",
-        stats_http::serve(stats_listener, stats.clone(), servers.clone()),
+        async move {
+            axum::serve(stats_listener, joiner_app)
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await
+        },
     ));
 
     eprintln!("odl run: pipeline up (data in {})", cfg.data_dir.display());
     eprintln!("  parameter server: versions http://{http}/v1/versions (gRPC {grpc})");
-    eprintln!("  joiner stats:     http://{joiner_addr}/stats");
+    eprintln!("  joiner stats:     http://{joiner_addr}/stats (also /v1/quality, /metrics)");
     eprintln!("  serving node:     http://{rest}/v1/models/{}", cfg.serve.model_name);
     eprintln!(
         "  predict:          curl -s -X POST http://{rest}/v1/models/{}:predict -d '{{\"instances\": [{{\"item_cat\": \"c3\", \"user_segment\": \"s1\", \"device\": \"ios\"}}]}}'",
         cfg.serve.model_name
     );
 
-    let streams = spawn_streams(&cfg, model, store.clone(), stats.clone(), cancel.clone())?;
+    let streams = spawn_streams(&cfg, model, store.clone(), observations.clone(), cancel.clone())?;
     let progress = tokio::spawn(log_progress(
-        stats.clone(),
+        observations.clone(),
         store.clone(),
         http,
         Duration::from_secs(cfg.progress_interval_secs.max(1)),
@@ -155,7 +161,7 @@ fn spawn_streams(
     cfg: &RunConfig,
     model: odl_trainer::Model,
     store: Arc<odl_ps::LocalStore>,
-    stats: Arc<Mutex<JoinStats>>,
+    observations: JoinerObservations,
     cancel: CancellationToken,
 ) -> anyhow::Result<Streams> {
     let (events_tx, mut events_rx) = channel::channel("events", CHANNEL_CAPACITY);
@@ -189,10 +195,7 @@ fn spawn_streams(
             audit: &mut audit,
             dead_letter: Some(&mut dead),
         };
-        odl_joiner::service::run(&joiner_cfg, &mut events_rx, sinks, |s| {
-            *stats.lock().unwrap_or_else(|e| e.into_inner()) = s.clone();
-            Ok(())
-        })?;
+        odl_joiner::service::run_observed(&joiner_cfg, &mut events_rx, sinks, Some(&observations), |_| Ok(()))?;
         Ok(())
     });
 
@@ -229,7 +232,7 @@ impl<S: RecordSink> RecordSink for StopOnCancel<S> {
 
 /// One line every interval: what the joiner did, how the model learns, what serving has.
 async fn log_progress(
-    stats: Arc<Mutex<JoinStats>>,
+    observations: JoinerObservations,
     store: Arc<odl_ps::LocalStore>,
     ps_http: std::net::SocketAddr,
     every: Duration,
@@ -242,7 +245,7 @@ async fn log_progress(
             _ = cancel.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let s = stats.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let s = observations.stats();
         let received = s.exposure.received + s.click.received + s.detail_click.received + s.feature.received;
         let progress = store.merged_progress();
         let aucs: Vec<String> = progress
@@ -250,7 +253,7 @@ async fn log_progress(
             .iter()
             .map(|t| format!("{} auc {:.4}/{:.4}", t.task, t.global_auc, t.current_auc))
             .collect();
-        let versions = crate::run::stats_http::version_summary(ps_http).await;
+        let versions = crate::run::versions::version_summary(ps_http).await;
         eprintln!(
             "odl run: events {received}, samples {}, trained {}, {}, versions {versions}",
             s.samples.emitted,
