@@ -397,3 +397,28 @@ fn state_is_dropped_as_the_watermark_passes() {
     let ts: Vec<i64> = d.samples.iter().map(|s| s["ts"].as_i64().unwrap()).collect();
     assert!(ts.windows(2).all(|w| w[0] <= w[1]), "samples leave in exposure-time order");
 }
+
+#[test]
+fn a_joiner_without_quality_joins_the_same_and_keeps_no_quality() {
+    let lines = [
+        feature("p", "i", 90 * S, 7),
+        exposure("p", "i", "u", 100 * S),
+        click("p", "i", 101 * S),
+        detail("p", "i", 102 * S),
+        click("q", "i", 200 * S),
+        exposure("q", "i", "u", 199 * S),
+    ]
+    .map(String::from);
+    let (with, with_stats) = run(&cfg(), &lines);
+    let mut j = Joiner::new(&cfg());
+    j.set_observe_quality(false);
+    for l in &lines {
+        j.push(l.as_bytes());
+    }
+    j.finish();
+    let without = drain(&mut j);
+    assert_eq!((without.samples, *j.stats()), (with.samples, with_stats));
+    let q = j.quality();
+    assert_eq!((q.samples, q.inspected, q.click_delay.joined_count()), (0, 0, 0));
+    assert!(q.fields.is_empty());
+}
