@@ -54,30 +54,50 @@ const RATES: [(&str, &str); 4] = [
     ("predictions", "predictions_per_sec"),
 ];
 
-/// The previous poll of one service, for rates.
+/// Rates are taken over this span, not between two polls: services refresh their
+/// counters on their own ticks (the joiner every couple of seconds), so a rate between
+/// two neighbouring polls would jump between 0 and twice the truth.
+const RATE_SPAN_MS: u64 = 10_000;
+
+/// Recent polls of one service, for rates.
 #[derive(Default)]
 pub struct Rates {
-    last: Option<(u64, Point)>,
+    recent: std::collections::VecDeque<(u64, Point)>,
 }
 
 impl Rates {
-    /// Adds the rate series to `p` (polled at `t_ms`). A counter that went down (the
-    /// service restarted) gives no rate for that interval rather than a negative one.
+    /// Adds the rate series to `p` (polled at `t_ms`): the counter's increase per
+    /// second since the oldest poll within [`RATE_SPAN_MS`]. A counter that went down
+    /// (the service restarted) starts over rather than giving a negative rate.
     pub fn derive(&mut self, t_ms: u64, p: &mut Point) {
-        if let Some((t0, prev)) = &self.last {
+        while self.recent.len() > 1 && self.recent[1].0 + RATE_SPAN_MS <= t_ms {
+            self.recent.pop_front();
+        }
+        let restarted = self.recent.back().is_some_and(|(_, last)| {
+            RATES
+                .iter()
+                .any(|(c, _)| matches!((last.get(*c), p.get(*c)), (Some(a), Some(b)) if b < a))
+        });
+        if restarted {
+            self.recent.clear();
+        }
+        if let Some((t0, first)) = self.recent.front() {
             let dt = t_ms.saturating_sub(*t0) as f64 / 1000.0;
             for (counter, rate) in RATES {
                 if p.contains_key(rate) {
                     continue; // the service reports it itself (workers' samples_per_sec)
                 }
-                if let (Some(a), Some(b)) = (prev.get(counter), p.get(counter)) {
-                    if dt > 0.0 && b >= a {
+                if let (Some(a), Some(b)) = (first.get(counter), p.get(counter)) {
+                    if dt > 0.0 {
                         p.insert(rate.to_string(), (b - a) / dt);
                     }
                 }
             }
         }
-        self.last = Some((t_ms, p.clone()));
+        let counters = RATES
+            .iter()
+            .filter_map(|(c, _)| p.get(*c).map(|v| (c.to_string(), *v)));
+        self.recent.push_back((t_ms, counters.collect()));
     }
 }
 
@@ -257,19 +277,31 @@ mod tests {
     }
 
     #[test]
-    fn rates_are_per_second_and_skip_a_counter_reset() {
+    fn rates_are_per_second_over_the_span_and_skip_a_counter_reset() {
         let mut r = Rates::default();
-        let mut a = Point::from([("samples.emitted".to_string(), 100.0)]);
+        let emitted = |v: f64| Point::from([("samples.emitted".to_string(), v)]);
+        let mut a = emitted(100.0);
         r.derive(1_000, &mut a);
         assert!(!a.contains_key("sample_rate"));
-        let mut b = Point::from([("samples.emitted".to_string(), 300.0)]);
+        let mut b = emitted(300.0);
         r.derive(3_000, &mut b);
         assert_eq!(b["sample_rate"], 100.0);
-        let mut c = Point::from([("samples.emitted".to_string(), 5.0)]);
-        r.derive(5_000, &mut c);
+        // A step counter (refreshed every 2 s, polled every 1 s) still gives a steady rate.
+        let mut c = emitted(300.0);
+        r.derive(4_000, &mut c);
+        assert_eq!(c["sample_rate"], 200.0 / 3.0);
+        // Past the span the oldest poll is dropped.
+        let mut d = emitted(1_300.0);
+        r.derive(13_000, &mut d);
+        assert_eq!(d["sample_rate"], 1_000.0 / 10.0);
+        let mut e = emitted(5.0);
+        r.derive(15_000, &mut e);
         assert!(
-            !c.contains_key("sample_rate"),
+            !e.contains_key("sample_rate"),
             "restart is not a negative rate"
         );
+        let mut f = emitted(25.0);
+        r.derive(17_000, &mut f);
+        assert_eq!(f["sample_rate"], 10.0);
     }
 }

@@ -9,7 +9,7 @@
 const PALETTE = ['#4c78a8', '#f58518', '#54a24b', '#e45756', '#72b7b2', '#b279a2', '#ff9da6', '#9d755d', '#eeca3b', '#bab0ac'];
 const STREAMS = ['exposure', 'click', 'detail_click', 'feature'];
 const DELAY_BUCKETS = [['le_1s', '≤ 1 s'], ['le_60s', '1 s – 1 min'], ['le_600s', '1 – 10 min'], ['in_window', '10 min – window'], ['past_window', 'past the window']];
-const MAX_VERSION_ROWS = 50;
+const MAX_VERSION_ROWS = 50; // the table scrolls; /v1/versions has them all
 
 const store = new Map(); // service name -> {t: [], series: {name: []}}
 const charts = new Map(); // data-testid -> {plot, key}
@@ -38,7 +38,7 @@ const bytes = (b) => {
   while (b >= 1024 && i < u.length - 1) { b /= 1024; i += 1; }
   return `${b.toFixed(i ? 1 : 0)} ${u[i]}`;
 };
-const time = (s) => (s ? new Date(s).toLocaleTimeString() : '–');
+const time = (s) => (s ? new Date(s).toLocaleTimeString('en-GB') : '–');
 
 // ---- polling -------------------------------------------------------------------
 
@@ -243,7 +243,9 @@ function renderServices(services) {
     const ready = s.endpoints['/readyz'];
     let readyText = '–';
     let readyClass = '';
-    if (ready && ready.status !== undefined) {
+    if (ready && ready.status === 404) {
+      readyText = 'no /readyz';
+    } else if (ready && ready.status !== undefined) {
       const ok = ready.status >= 200 && ready.status < 300;
       readyText = ok ? 'ready' : `not ready (${ready.status})`;
       readyClass = ok ? 'ready' : 'not-ready';
@@ -251,7 +253,7 @@ function renderServices(services) {
     const detail = s.health === 'down'
       ? el('span', { class: 'error', 'data-testid': 'service-error' }, s.error || 'no answer')
       : (readyClass === 'not-ready' ? el('span', { class: 'error' }, JSON.stringify(ready.body)) : '');
-    return el('tr', { 'data-testid': 'service-row', 'data-service': s.name, 'data-health': s.health },
+    return el('tr', { 'data-testid': 'service-row', 'data-service': s.name, 'data-health': s.health, 'data-polled-at': s.polled_at_ms ?? '' },
       el('td', {}, s.name), el('td', {}, s.kind), el('td', {}, s.url),
       el('td', {}, el('span', { class: `badge ${s.health}` }, s.health)),
       el('td', {}, el('span', { class: `badge ${readyClass}` }, readyText)),
