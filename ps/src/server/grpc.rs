@@ -3,6 +3,7 @@
 //! before anything changes; store calls are short CPU work and run on the handler task.
 
 use crate::error::PsError;
+use super::metrics::{labels, PsMetrics, Timed};
 use crate::local::LocalStore;
 use crate::routing::ShardId;
 use odl_proto::hashing::FeatureId;
@@ -15,11 +16,26 @@ use tonic::{Request, Response, Status};
 pub struct PsService {
     store: Arc<LocalStore>,
     shard: ShardId,
+    metrics: PsMetrics,
 }
 
 impl PsService {
     pub fn new(store: Arc<LocalStore>, shard: ShardId) -> PsService {
-        PsService { store, shard }
+        PsService { store, shard, metrics: PsMetrics::default() }
+    }
+
+    /// Observe pull and push latencies into `metrics` (the shard's `/metrics`).
+    pub fn with_metrics(mut self, metrics: &PsMetrics) -> PsService {
+        self.metrics = metrics.clone();
+        self
+    }
+
+    fn time_pull(&self, kind: &str) -> Timed {
+        Timed::start(&self.metrics.pull, &labels(&[("kind", kind)]))
+    }
+
+    fn time_push(&self, kind: &str) -> Timed {
+        Timed::start(&self.metrics.push, &labels(&[("kind", kind)]))
     }
 }
 
@@ -79,6 +95,7 @@ impl ParameterServer for PsService {
         &self,
         req: Request<rpc::PullSparseRequest>,
     ) -> Result<Response<rpc::PullSparseResponse>, Status> {
+        let _timed = self.time_pull("sparse");
         let req = req.into_inner();
         let keys = ids(req.keys);
         let dim = self.store.table(&req.table)?.dim();
@@ -91,6 +108,7 @@ impl ParameterServer for PsService {
         &self,
         req: Request<rpc::PushSparseRequest>,
     ) -> Result<Response<rpc::PushSparseResponse>, Status> {
+        let _timed = self.time_push("sparse");
         let req = req.into_inner();
         self.store
             .push_rows(&req.table, &ids(req.keys), &req.grads)?;
@@ -101,6 +119,7 @@ impl ParameterServer for PsService {
         &self,
         req: Request<rpc::PullDenseRequest>,
     ) -> Result<Response<rpc::PullDenseResponse>, Status> {
+        let _timed = self.time_pull("dense");
         let names = req.into_inner().names;
         let values = self.store.pull_dense_tensors(&names)?;
         let tensors = names
@@ -115,6 +134,7 @@ impl ParameterServer for PsService {
         &self,
         req: Request<rpc::PushDenseRequest>,
     ) -> Result<Response<rpc::PushDenseResponse>, Status> {
+        let _timed = self.time_push("dense");
         let grads: Vec<(String, Vec<f32>)> = req
             .into_inner()
             .grads

@@ -6,6 +6,7 @@
 
 pub mod grpc;
 pub mod http;
+pub mod metrics;
 mod status;
 
 use crate::error::{PsError, Result};
@@ -98,7 +99,8 @@ pub async fn serve_with_publisher(
     health_reporter
         .set_serving::<ParameterServerServer<grpc::PsService>>()
         .await;
-    let ps = ParameterServerServer::new(grpc::PsService::new(store.clone(), shard))
+    let metrics = metrics::PsMetrics::default();
+    let ps = ParameterServerServer::new(grpc::PsService::new(store.clone(), shard).with_metrics(&metrics))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let grpc_stop = shutdown.clone();
@@ -117,7 +119,7 @@ pub async fn serve_with_publisher(
         .serve_with_incoming_shutdown(incoming(listeners.grpc), async move {
             grpc_stop.cancelled().await
         });
-    let mut app = http::router(store, shard);
+    let mut app = http::router(store, shard, publisher.clone(), &metrics);
     if let Some(p) = publisher {
         app = app.merge(crate::publish::http::router(p));
     }
