@@ -4,10 +4,12 @@
 //! - [`operator`]: the join itself, pure (no I/O, no clock);
 //! - [`stats`]: the join statistics and their atomic file;
 //! - [`service`]: the loop that drives the operator between a record source and sinks;
+//! - [`checkpoint`]: the Kafka joiner's checkpoints (operator state + offsets, sled);
 //! - [`config`]: the typed configuration (`configs/joiner.toml`);
 //! - [`quality`]: sample quality (label and sample delay, positive rate, feature coverage);
 //! - [`http`]: the HTTP routes every joiner serves (`/stats`, `/v1/quality`, `/metrics`).
 
+pub mod checkpoint;
 pub mod config;
 pub mod http;
 pub mod operator;

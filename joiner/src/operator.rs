@@ -208,6 +208,9 @@ pub struct Joiner {
     seq: u64,
     /// End of input: every timer fires, nothing is kept.
     flushing: bool,
+    /// Kafka mode: the caller sets the watermark (the minimum over input partitions,
+    /// see [`Joiner::use_external_watermark`]); events do not move it.
+    external_watermark: bool,
     keys: KeyMap<KeyState>,
     timers: Timers,
     due: Vec<Timer>,
@@ -238,6 +241,7 @@ impl Joiner {
             watermark: i64::MIN,
             seq: 0,
             flushing: false,
+            external_watermark: false,
             keys: KeyMap::default(),
             timers: Timers::default(),
             due: Vec::new(),
@@ -347,7 +351,7 @@ impl Joiner {
             StreamKind::Click | StreamKind::DetailClick => self.on_click(&ev),
             StreamKind::Feature => self.on_feature(&ev, bytes),
         }
-        if ev.ts > self.max_ts {
+        if ev.ts > self.max_ts && !self.external_watermark {
             self.max_ts = ev.ts;
             let wm = ev.ts.saturating_sub(self.lateness);
             if wm > self.watermark {
@@ -691,6 +695,11 @@ fn render_dead_letter(out: &mut Vec<u8>, d: &DeadLetter) {
     let _ = serde_json::to_writer(&mut *out, line.as_ref());
     out.push(b'}');
 }
+
+mod partitioned;
+mod snapshot;
+
+pub use snapshot::SnapshotError;
 
 #[cfg(test)]
 mod tests;

@@ -17,6 +17,7 @@ fn config() -> JoinerConfig {
         feature_grace_ms: 50,
         audit_rate: 0.5,
         stats_interval_ms: 1000,
+        ..JoinerConfig::default()
     }
 }
 
