@@ -158,6 +158,20 @@ impl KafkaSource {
         Ok(lag)
     }
 
+    /// The high watermark (offset after the last record) of each owned partition.
+    /// A producer that is a topic's only writer reads its own progress from it.
+    pub fn end_offsets(&self) -> Result<Offsets> {
+        let mut ends = Offsets::new();
+        for p in self.assignment() {
+            let (_, high) = self
+                .consumer
+                .fetch_watermarks(&self.topic, p, METADATA_TIMEOUT)
+                .map_err(|e| broker_error(&format!("reading watermarks of {}", self.topic), e))?;
+            ends.insert(p, high);
+        }
+        Ok(ends)
+    }
+
     fn forget_revoked(&mut self) {
         let revoked = std::mem::take(&mut *lock(&self.consumer.context().revoked));
         for p in revoked {

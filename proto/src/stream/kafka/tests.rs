@@ -56,6 +56,7 @@ fn assigned_source_reads_every_partition_and_resumes_from_kept_positions() {
     let kept = source.positions().clone();
     assert_eq!(kept.values().sum::<i64>(), 300, "next offsets add up to what was read");
     assert_eq!(source.lag().expect("lag").values().sum::<i64>(), 0);
+    assert_eq!(source.end_offsets().expect("ends"), kept, "caught up: the ends are the kept positions");
     drop(source);
 
     produce(&cfg, "events", 300..310);
