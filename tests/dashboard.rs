@@ -351,3 +351,62 @@ fn in_the_browser_an_unreachable_service_is_down_and_the_page_still_renders() {
     );
     assert!(shot.is_file());
 }
+
+/// `odl run` on free ports with its dashboard; fast publishing so versions appear.
+fn start_pipeline(dir: &Path) -> Proc {
+    let cfg = dir.join("run.toml");
+    let text = format!(
+        "data_dir = {:?}\njoiner_http_addr = \"127.0.0.1:0\"\nevents_per_sec = 20000.0\n\
+         [simulate]\npaced_time_scale = 50.0\n\
+         [ps]\ngrpc_addr = \"127.0.0.1:0\"\nhttp_addr = \"127.0.0.1:0\"\n\
+         [ps.odl_model_update]\nfirst_trigger_time = 1\ndense_send_interval_time = 2\nsparse_send_interval_time = 3\n\
+         [serve]\nrest_addr = \"127.0.0.1:0\"\n\
+         [dashboard]\nlisten_addr = \"127.0.0.1:0\"\npoll_interval_ms = 500\n",
+        dir.join("data").display().to_string()
+    );
+    std::fs::write(&cfg, text).unwrap();
+    Proc::start(&["run", "--config", cfg.to_str().unwrap()])
+}
+
+#[test]
+fn in_the_browser_a_running_pipeline_shows_join_ratios_auc_and_versions_that_match_its_services() {
+    let Some(script) = browser() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let run = start_pipeline(dir.path());
+    let (mut dash, mut joiner, mut ps) = (None, None, None);
+    while dash.is_none() || joiner.is_none() || ps.is_none() {
+        let l = run.wait_line(Duration::from_secs(60), |l| l.contains("http://"));
+        if l.contains("dashboard:") {
+            dash = Some(base_url(&l));
+        } else if l.contains("joiner stats:") {
+            joiner = Some(base_url(&l));
+        } else if l.contains("/v1/versions") {
+            ps = Some(base_url(&l));
+        }
+    }
+    let (dash, joiner, ps) = (dash.unwrap(), joiner.unwrap(), ps.unwrap());
+    wait_healthy(&dash, Duration::from_secs(10));
+    let shot = repo().join("target/dashboard.png");
+    let url = format!("{dash}/");
+    let out = run_browser(
+        &script,
+        &[
+            "live",
+            "--url",
+            &url,
+            "--joiner",
+            &joiner,
+            "--ps",
+            &ps,
+            "--screenshot",
+            shot.to_str().unwrap(),
+            "--timeout-secs",
+            "180",
+        ],
+        Duration::from_secs(240),
+    );
+    let summary: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(summary["ok"], true);
+    assert!(summary["versions"].as_u64().unwrap() >= 1);
+    assert!(shot.is_file());
+}

@@ -15,12 +15,13 @@ use crate::simulate::SimConfig;
 pub const RUN_TOML: &str = include_str!("../../configs/run.toml");
 
 /// The sections and the example file each one starts from.
-const SECTIONS: [(&str, &str); 5] = [
+const SECTIONS: [(&str, &str); 6] = [
     ("simulate", include_str!("../../configs/simulate.toml")),
     ("joiner", include_str!("../../configs/joiner.toml")),
     ("model", include_str!("../../configs/model.toml")),
     ("ps", include_str!("../../configs/ps.toml")),
     ("serve", include_str!("../../configs/serve.toml")),
+    ("dashboard", include_str!("../../configs/dashboard.toml")),
 ];
 
 #[derive(Clone, Debug, Deserialize)]
@@ -37,6 +38,7 @@ pub struct RunConfig {
     pub model: ModelConfig,
     pub ps: PsConfig,
     pub serve: ServeConfig,
+    pub dashboard: crate::dashboard::DashboardConfig,
 }
 
 impl RunConfig {
@@ -51,7 +53,9 @@ impl RunConfig {
         let run: toml::Table = RUN_TOML.parse().context("embedded configs/run.toml")?;
         odl_proto::config::overlay(&mut defaults, run);
         let text = toml::to_string(&defaults).context("composing the default run config")?;
-        Ok(odl_proto::config::load(&text, path)?)
+        let cfg: RunConfig = odl_proto::config::load(&text, path)?;
+        cfg.dashboard.validate().context("[dashboard]")?;
+        Ok(cfg)
     }
 }
 
@@ -65,6 +69,7 @@ mod tests {
         assert_eq!(c.ps.odl_model_update.dense_send_interval_time, 10);
         assert_eq!(c.serve.rest_addr, "127.0.0.1:8501");
         assert_eq!(c.joiner_http_addr, "127.0.0.1:8700");
+        assert_eq!(c.dashboard.listen_addr, "127.0.0.1:8080");
     }
 
     #[test]
@@ -77,5 +82,8 @@ mod tests {
         assert_eq!(c.ps.odl_model_update.sparse_send_interval_time, 30);
         std::fs::write(&p, "[joiner]\nno_such_key = 1\n").unwrap();
         assert!(RunConfig::load(Some(&p)).is_err());
+        std::fs::write(&p, "[dashboard]\npoll_interval_ms = 1\n").unwrap();
+        let e = format!("{:#}", RunConfig::load(Some(&p)).unwrap_err());
+        assert!(e.contains("[dashboard]") && e.contains("poll_interval_ms"), "{e}");
     }
 }

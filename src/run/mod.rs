@@ -8,6 +8,7 @@
 //! shard writes its final checkpoint and the servers stop. Exit 0.
 
 pub mod config;
+mod dashboard;
 mod versions;
 
 use anyhow::Context;
@@ -81,7 +82,20 @@ async fn pipeline(mut cfg: RunConfig, cancel: CancellationToken) -> anyhow::Resu
         },
     ));
 
+    let dashboard_cfg = dashboard::for_pipeline(cfg.dashboard.clone(), joiner_addr, http, rest);
+    let dashboard_addr = match dashboard::bind(&dashboard_cfg).await {
+        Some(l) => {
+            let addr = l.local_addr()?;
+            tasks.spawn(named("dashboard", crate::dashboard::serve(dashboard_cfg, l, servers.clone())));
+            Some(addr)
+        }
+        None => None,
+    };
+
     eprintln!("odl run: pipeline up (data in {})", cfg.data_dir.display());
+    if let Some(addr) = dashboard_addr {
+        eprintln!("  dashboard:        http://{addr}/");
+    }
     eprintln!("  parameter server: versions http://{http}/v1/versions (gRPC {grpc})");
     eprintln!("  joiner stats:     http://{joiner_addr}/stats (also /v1/quality, /metrics)");
     eprintln!("  serving node:     http://{rest}/v1/models/{}", cfg.serve.model_name);

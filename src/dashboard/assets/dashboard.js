@@ -8,7 +8,7 @@
 
 const PALETTE = ['#4c78a8', '#f58518', '#54a24b', '#e45756', '#72b7b2', '#b279a2', '#ff9da6', '#9d755d', '#eeca3b', '#bab0ac'];
 const STREAMS = ['exposure', 'click', 'detail_click', 'feature'];
-const DELAY_BUCKETS = [['le_1s', '≤ 1 s'], ['le_60s', '1 s – 1 min'], ['le_600s', '1 – 10 min'], ['in_window', '10 min – window'], ['past_window', 'past the window']];
+const DELAY_BUCKETS = [['le_1s', '≤ 1 s'], ['le_60s', '≤ 1 min'], ['le_600s', '≤ 10 min'], ['in_window', 'in window'], ['past_window', 'too late']];
 const MAX_VERSION_ROWS = 50; // the table scrolls; /v1/versions has them all
 
 const store = new Map(); // service name -> {t: [], series: {name: []}}
