@@ -78,7 +78,7 @@ struct Span {
 }
 
 impl Span {
-    fn of(line: &[u8], part: &str) -> Span {
+    fn of(line: &[u8], part: &[u8]) -> Span {
         let start = part.as_ptr() as usize - line.as_ptr() as usize;
         Span { start: start as u32, end: (start + part.len()) as u32 }
     }
@@ -498,7 +498,7 @@ impl Joiner {
 
     fn on_feature(&mut self, ev: &ParsedEvent<'_>, line: &Bytes) {
         let raw = match ev.features {
-            Some(f) => line.slice_ref(f.as_bytes()),
+            Some(f) => line.slice_ref(f),
             None => Bytes::from_static(b"{}"),
         };
         let f = Feature { ts: ev.ts, seq: self.seq, raw };

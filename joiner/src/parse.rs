@@ -15,17 +15,18 @@ use xxhash_rust::xxh3::{xxh3_128, xxh3_64};
 pub type Key = u128;
 
 /// A well-formed event, borrowing from its line. String fields are kept as their raw
-/// JSON literals (quotes and escapes included), which is how they are written out again.
+/// JSON literals (quotes and escapes included; valid UTF-8, as the whole line is),
+/// which is how they are written out again.
 #[derive(Clone, Copy, Debug)]
 pub struct ParsedEvent<'a> {
     pub stream: StreamKind,
     pub ts: i64,
     pub key: Key,
-    pub pv_id: &'a str,
-    pub item_id: &'a str,
-    pub user_id: Option<&'a str>,
+    pub pv_id: &'a [u8],
+    pub item_id: &'a [u8],
+    pub user_id: Option<&'a [u8]>,
     /// The raw `features` object (feature events only).
-    pub features: Option<&'a str>,
+    pub features: Option<&'a [u8]>,
     /// `xxh3_64` of the unescaped sample id (exposures only): the audit draw.
     pub audit_hash: u64,
 }
@@ -82,12 +83,15 @@ struct Fields<'a> {
 /// scanner or from serde_json.
 #[derive(Default)]
 struct RawFields<'a> {
-    stream: Option<&'a str>,
-    pv_id: Option<&'a str>,
-    item_id: Option<&'a str>,
-    user_id: Option<&'a str>,
-    ts: Option<&'a str>,
-    features: Option<&'a str>,
+    stream: Option<&'a [u8]>,
+    pv_id: Option<&'a [u8]>,
+    item_id: Option<&'a [u8]>,
+    user_id: Option<&'a [u8]>,
+    ts: Option<&'a [u8]>,
+    features: Option<&'a [u8]>,
+    /// Per field (the bits of `scan`), whether its string literal may hold an escape;
+    /// a clear bit spares unescaping the pv_id and item_id of every event.
+    escaped: u8,
 }
 
 mod scan;
@@ -121,14 +125,18 @@ impl Parser {
         let f = match scan::fields(line) {
             Some(f) => f,
             None => match serde_json::from_slice::<Fields<'a>>(line) {
-                Ok(f) => RawFields {
-                    stream: f.stream.map(RawValue::get),
-                    pv_id: f.pv_id.map(RawValue::get),
-                    item_id: f.item_id.map(RawValue::get),
-                    user_id: f.user_id.map(RawValue::get),
-                    ts: f.ts.map(RawValue::get),
-                    features: f.features.map(RawValue::get),
-                },
+                Ok(f) => {
+                    let raw = |r: Option<&'a RawValue>| r.map(|r| r.get().as_bytes());
+                    RawFields {
+                        stream: raw(f.stream),
+                        pv_id: raw(f.pv_id),
+                        item_id: raw(f.item_id),
+                        user_id: raw(f.user_id),
+                        ts: raw(f.ts),
+                        features: raw(f.features),
+                        escaped: u8::MAX,
+                    }
+                }
                 Err(e) => return Err(classify(line, e)),
             },
         };
@@ -136,15 +144,16 @@ impl Parser {
             Some(s) => s,
             None => {
                 let raw = f.stream.ok_or(Malformed::MissingStream)?;
-                let name = string_value(raw).ok_or_else(|| Malformed::UnknownStream(raw.to_string()))?;
-                StreamKind::parse(&name).ok_or_else(|| Malformed::UnknownStream(raw.to_string()))?
+                let unknown = || Malformed::UnknownStream(String::from_utf8_lossy(raw).into_owned());
+                let name = string_value(raw, f.escaped & scan::STREAM != 0).ok_or_else(unknown)?;
+                std::str::from_utf8(&name).ok().and_then(StreamKind::parse).ok_or_else(unknown)?
             }
         };
         let pv_id = required_string(stream, "pv_id", f.pv_id)?;
         let item_id = required_string(stream, "item_id", f.item_id)?;
         let user_id = match stream {
             StreamKind::Exposure => Some(required_string(stream, "user_id", f.user_id)?),
-            _ => f.user_id.filter(|r| r.starts_with('"')),
+            _ => f.user_id.filter(|r| r.starts_with(b"\"")),
         };
         let ts_raw = f.ts.ok_or(Malformed::MissingField { stream, field: "ts" })?;
         let ts =
@@ -152,7 +161,7 @@ impl Parser {
         let features = match stream {
             StreamKind::Feature => {
                 let raw = f.features.ok_or(Malformed::MissingField { stream, field: "features" })?;
-                if !raw.starts_with('{') {
+                if !raw.starts_with(b"{") {
                     return Err(Malformed::WrongType { stream, field: "features", expected: "an object" });
                 }
                 Some(raw)
@@ -162,10 +171,10 @@ impl Parser {
         // Key bytes: pv_id, 0xFF (never in UTF-8, so the split is unambiguous), item_id.
         let s = &mut self.scratch;
         s.clear();
-        s.extend_from_slice(unescaped(pv_id).as_bytes());
+        s.extend_from_slice(&unescaped_if(pv_id, f.escaped & scan::PV_ID != 0));
         let sep = s.len();
         s.push(0xFF);
-        s.extend_from_slice(unescaped(item_id).as_bytes());
+        s.extend_from_slice(&unescaped_if(item_id, f.escaped & scan::ITEM_ID != 0));
         let key = xxh3_128(s);
         let audit_hash = if stream == StreamKind::Exposure {
             s[sep] = b':';
@@ -186,39 +195,57 @@ fn classify(_line: &[u8], e: serde_json::Error) -> Malformed {
 fn required_string<'a>(
     stream: StreamKind,
     field: &'static str,
-    raw: Option<&'a str>,
-) -> Result<&'a str, Malformed> {
+    raw: Option<&'a [u8]>,
+) -> Result<&'a [u8], Malformed> {
     let raw = raw.ok_or(Malformed::MissingField { stream, field })?;
-    if raw.starts_with('"') {
+    if raw.starts_with(b"\"") {
         Ok(raw)
     } else {
         Err(Malformed::WrongType { stream, field, expected: "a string" })
     }
 }
 
-/// The text of a raw JSON string literal (already validated by serde_json).
-pub fn unescaped(raw: &str) -> Cow<'_, str> {
+/// The text of a raw JSON string literal (already validated).
+pub fn unescaped(raw: &[u8]) -> Cow<'_, [u8]> {
+    unescaped_if(raw, true)
+}
+
+/// [`unescaped`], told whether the literal may hold an escape at all.
+fn unescaped_if(raw: &[u8], may_escape: bool) -> Cow<'_, [u8]> {
     let inner = &raw[1..raw.len() - 1];
-    if !inner.contains('\\') {
+    if !may_escape || memchr::memchr(b'\\', inner).is_none() {
         return Cow::Borrowed(inner);
     }
-    match serde_json::from_str::<String>(raw) {
-        Ok(s) => Cow::Owned(s),
+    match serde_json::from_slice::<String>(raw) {
+        Ok(s) => Cow::Owned(s.into_bytes()),
         Err(_) => Cow::Borrowed(inner),
     }
 }
 
-fn string_value(raw: &str) -> Option<Cow<'_, str>> {
-    raw.starts_with('"').then(|| unescaped(raw))
+fn string_value(raw: &[u8], may_escape: bool) -> Option<Cow<'_, [u8]>> {
+    raw.starts_with(b"\"").then(|| unescaped_if(raw, may_escape))
 }
 
 /// A JSON integer literal (no fraction, no exponent) that fits in i64.
-fn integer(raw: &str) -> Option<i64> {
-    let digits = raw.strip_prefix('-').unwrap_or(raw);
-    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+fn integer(raw: &[u8]) -> Option<i64> {
+    let (negative, digits) = match raw.split_first() {
+        Some((b'-', rest)) => (true, rest),
+        _ => (false, raw),
+    };
+    if digits.is_empty() {
         return None;
     }
-    raw.parse().ok()
+    let mut v: i64 = 0;
+    for &d in digits {
+        if !d.is_ascii_digit() {
+            return None;
+        }
+        let d = (d - b'0') as i64;
+        // Accumulated on the sign's side, so i64::MIN fits.
+        v = v.checked_mul(10)?;
+        v = if negative { v.checked_sub(d)? } else { v.checked_add(d)? };
+    }
+    Some(v)
 }
 
 #[cfg(test)]
@@ -233,12 +260,12 @@ mod tests {
     fn well_formed_events_of_each_stream() {
         let e = p(r#"{"stream":"exposure","pv_id":"p","item_id":"i","user_id":"u","ts":5,"ctx":{"a":[1]}}"#)
             .unwrap();
-        assert_eq!((e.stream, e.ts, e.pv_id, e.user_id), (StreamKind::Exposure, 5, "\"p\"", Some("\"u\"")));
+        assert_eq!((e.stream, e.ts, e.pv_id, e.user_id), (StreamKind::Exposure, 5, &b"\"p\""[..], Some(&b"\"u\""[..])));
         let c = p(r#"{"stream":"click","pv_id":"p","item_id":"i","ts":-7}"#).unwrap();
         assert_eq!((c.stream, c.ts, c.key), (StreamKind::Click, -7, e.key));
         let f =
             p(r#" {"ts":1,"features":{ "a": 1 },"item_id":"i","pv_id":"p","stream":"feature"} "#).unwrap();
-        assert_eq!(f.features, Some(r#"{ "a": 1 }"#));
+        assert_eq!(f.features, Some(&br#"{ "a": 1 }"#[..]));
         let d = p(r#"{"stream":"detail_click","pv_id":"p","item_id":"i","ts":0,"user_id":3}"#).unwrap();
         assert_eq!((d.stream, d.user_id), (StreamKind::DetailClick, None));
     }
@@ -328,5 +355,24 @@ mod tests {
             assert!(!got.reason().is_empty());
         }
         assert!(matches!(Parser::default().parse(b"\xff\xfe"), Err(NotJson(_))));
+    }
+
+    #[test]
+    fn ts_is_any_i64_and_nothing_else() {
+        for (raw, want) in [
+            ("0", Some(0)),
+            ("-0", Some(0)),
+            ("1767225600000", Some(1_767_225_600_000)),
+            ("9223372036854775807", Some(i64::MAX)),
+            ("-9223372036854775808", Some(i64::MIN)),
+            ("9223372036854775808", None),
+            ("-9223372036854775809", None),
+            ("-", None),
+            ("", None),
+            ("+1", None),
+            ("1.0", None),
+        ] {
+            assert_eq!(integer(raw.as_bytes()), want, "{raw}");
+        }
     }
 }

@@ -13,8 +13,16 @@ use super::RawFields;
 /// Nesting beyond this goes to serde_json (whose own limit is 128).
 const MAX_DEPTH: u32 = 100;
 
+/// The bits of [`RawFields::escaped`], one per known field.
+pub(super) const STREAM: u8 = 1;
+pub(super) const PV_ID: u8 = 2;
+pub(super) const ITEM_ID: u8 = 4;
+pub(super) const USER_ID: u8 = 8;
+const TS: u8 = 16;
+const FEATURES: u8 = 32;
+
 pub(super) fn fields(line: &[u8]) -> Option<RawFields<'_>> {
-    let text = std::str::from_utf8(line).ok()?;
+    let mut s = Scan { b: line, non_ascii: false };
     let b = line;
     let mut i = ws(b, 0);
     if b.get(i) != Some(&b'{') {
@@ -31,26 +39,30 @@ pub(super) fn fields(line: &[u8]) -> Option<RawFields<'_>> {
                 return None;
             }
             let key_start = i + 1;
-            let key_end = string(b, key_start)?;
+            let (key_end, key_escaped) = s.string(key_start)?;
             // Only plain keys: an escape could spell a known field name.
-            let key = &b[key_start..key_end - 1];
-            if key.contains(&b'\\') {
+            if key_escaped {
                 return None;
             }
+            let key = &b[key_start..key_end - 1];
             i = ws(b, key_end);
             if b.get(i) != Some(&b':') {
                 return None;
             }
             i = ws(b, i + 1);
             let start = i;
-            i = value(b, i, 1)?;
+            let escaped;
+            (i, escaped) = match b.get(i) {
+                Some(b'"') => s.string(i + 1)?,
+                _ => (s.value(i, 1)?, false),
+            };
             let slot = match key {
-                b"stream" => Some((1, &mut f.stream)),
-                b"pv_id" => Some((2, &mut f.pv_id)),
-                b"item_id" => Some((4, &mut f.item_id)),
-                b"user_id" => Some((8, &mut f.user_id)),
-                b"ts" => Some((16, &mut f.ts)),
-                b"features" => Some((32, &mut f.features)),
+                b"stream" => Some((STREAM, &mut f.stream)),
+                b"pv_id" => Some((PV_ID, &mut f.pv_id)),
+                b"item_id" => Some((ITEM_ID, &mut f.item_id)),
+                b"user_id" => Some((USER_ID, &mut f.user_id)),
+                b"ts" => Some((TS, &mut f.ts)),
+                b"features" => Some((FEATURES, &mut f.features)),
                 _ => None,
             };
             if let Some((bit, slot)) = slot {
@@ -59,8 +71,11 @@ pub(super) fn fields(line: &[u8]) -> Option<RawFields<'_>> {
                     return None;
                 }
                 seen |= bit;
-                let raw = text.get(start..i)?;
-                *slot = (raw != "null").then_some(raw);
+                let raw = &b[start..i];
+                *slot = (raw != b"null").then_some(raw);
+                if escaped {
+                    f.escaped |= bit;
+                }
             }
             i = ws(b, i);
             match b.get(i) {
@@ -73,7 +88,15 @@ pub(super) fn fields(line: &[u8]) -> Option<RawFields<'_>> {
             }
         }
     }
-    (ws(b, i) == b.len()).then_some(f)
+    if ws(b, i) != b.len() {
+        return None;
+    }
+    // Outside strings only ASCII passed the grammar; inside them, bytes above 0x7F were
+    // only noted: a line with any must be valid UTF-8 as a whole, as serde requires.
+    if s.non_ascii && std::str::from_utf8(line).is_err() {
+        return None;
+    }
+    Some(f)
 }
 
 /// Skips JSON whitespace (the four characters JSON allows).
@@ -85,89 +108,135 @@ fn ws(b: &[u8], mut i: usize) -> usize {
     i
 }
 
-/// Bytes that end a plain run inside a string: `"`, `\\` and control characters.
+/// Bytes that end a plain run inside a string: `"`, `\\`, control characters, and
+/// (to be noted for the UTF-8 check) bytes above 0x7F.
 static SPECIAL: [bool; 256] = {
     let mut t = [false; 256];
     let mut c = 0;
-    while c < 0x20 {
-        t[c] = true;
+    while c < 256 {
+        t[c] = c < 0x20 || c >= 0x80 || c == b'"' as usize || c == b'\\' as usize;
         c += 1;
     }
-    t[b'"' as usize] = true;
-    t[b'\\' as usize] = true;
     t
 };
 
-/// The end (one past the closing quote) of the string whose body starts at `i`.
+const ONES: u64 = u64::from_le_bytes([1; 8]);
+const HIGHS: u64 = u64::from_le_bytes([0x80; 8]);
+
+/// A mask whose lowest set bit (if any) is the high bit of the first byte of `x`
+/// (little-endian) that is special (see [`SPECIAL`]). Bits above it may be spurious
+/// (borrows), so only the lowest one is read.
 #[inline]
-fn string(b: &[u8], mut i: usize) -> Option<usize> {
-    loop {
-        while b.get(i).is_some_and(|&c| !SPECIAL[c as usize]) {
-            i += 1;
-        }
-        match *b.get(i)? {
-            b'"' => return Some(i + 1),
-            b'\\' => match *b.get(i + 1)? {
-                b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => i += 2,
-                _ => return None,
-            },
-            0..=0x1F => return None,
-            _ => i += 1,
-        }
-    }
+fn special_mask(x: u64) -> u64 {
+    let quote = x ^ (ONES * b'"' as u64);
+    let backslash = x ^ (ONES * b'\\' as u64);
+    let is_quote = quote.wrapping_sub(ONES) & !quote;
+    let is_backslash = backslash.wrapping_sub(ONES) & !backslash;
+    // Below 0x20: the subtraction borrows into the high bit; 0x80 and above: set already.
+    let is_control_or_high = x.wrapping_sub(ONES * 0x20) | x;
+    (is_quote | is_backslash | is_control_or_high) & HIGHS
 }
 
-/// The end of the value starting at `i` (no whitespace before it).
-fn value(b: &[u8], i: usize, depth: u32) -> Option<usize> {
-    match *b.get(i)? {
-        b'"' => string(b, i + 1),
-        b'{' => {
-            if depth >= MAX_DEPTH {
-                return None;
-            }
-            let mut i = ws(b, i + 1);
-            if b.get(i) == Some(&b'}') {
-                return Some(i + 1);
-            }
-            loop {
-                if b.get(i) != Some(&b'"') {
-                    return None;
+/// The scanner's state: the line, and whether a string held a byte above 0x7F.
+struct Scan<'a> {
+    b: &'a [u8],
+    non_ascii: bool,
+}
+
+impl Scan<'_> {
+    /// The end (one past the closing quote) of the string whose body starts at `i`, and
+    /// whether it holds an escape. Plain runs are skipped eight bytes at a time.
+    #[inline]
+    fn string(&mut self, mut i: usize) -> Option<(usize, bool)> {
+        let b = self.b;
+        let mut escaped = false;
+        loop {
+            match b.get(i..).and_then(<[u8]>::first_chunk::<8>) {
+                Some(chunk) => {
+                    let m = special_mask(u64::from_le_bytes(*chunk));
+                    if m == 0 {
+                        i += 8;
+                        continue;
+                    }
+                    i += (m.trailing_zeros() / 8) as usize;
                 }
-                i = ws(b, string(b, i + 1)?);
-                if b.get(i) != Some(&b':') {
-                    return None;
+                None => {
+                    while b.get(i).is_some_and(|&c| !SPECIAL[c as usize]) {
+                        i += 1;
+                    }
                 }
-                i = ws(b, i + 1);
-                i = ws(b, value(b, i, depth + 1)?);
-                match b.get(i) {
-                    Some(b',') => i = ws(b, i + 1),
-                    Some(b'}') => return Some(i + 1),
+            }
+            match *b.get(i)? {
+                b'"' => return Some((i + 1, escaped)),
+                b'\\' => match *b.get(i + 1)? {
+                    b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => {
+                        escaped = true;
+                        i += 2;
+                    }
                     _ => return None,
+                },
+                0..=0x1F => return None,
+                _ => {
+                    self.non_ascii = true;
+                    i += 1;
                 }
             }
         }
-        b'[' => {
-            if depth >= MAX_DEPTH {
-                return None;
-            }
-            let mut i = ws(b, i + 1);
-            if b.get(i) == Some(&b']') {
-                return Some(i + 1);
-            }
-            loop {
-                i = ws(b, value(b, i, depth + 1)?);
-                match b.get(i) {
-                    Some(b',') => i = ws(b, i + 1),
-                    Some(b']') => return Some(i + 1),
-                    _ => return None,
+    }
+
+    /// The end of the value starting at `i` (no whitespace before it).
+    fn value(&mut self, i: usize, depth: u32) -> Option<usize> {
+        let b = self.b;
+        match *b.get(i)? {
+            b'"' => Some(self.string(i + 1)?.0),
+            b'{' => {
+                if depth >= MAX_DEPTH {
+                    return None;
+                }
+                let mut i = ws(b, i + 1);
+                if b.get(i) == Some(&b'}') {
+                    return Some(i + 1);
+                }
+                loop {
+                    if b.get(i) != Some(&b'"') {
+                        return None;
+                    }
+                    i = ws(b, self.string(i + 1)?.0);
+                    if b.get(i) != Some(&b':') {
+                        return None;
+                    }
+                    i = ws(b, i + 1);
+                    i = ws(b, self.value(i, depth + 1)?);
+                    match b.get(i) {
+                        Some(b',') => i = ws(b, i + 1),
+                        Some(b'}') => return Some(i + 1),
+                        _ => return None,
+                    }
                 }
             }
+            b'[' => {
+                if depth >= MAX_DEPTH {
+                    return None;
+                }
+                let mut i = ws(b, i + 1);
+                if b.get(i) == Some(&b']') {
+                    return Some(i + 1);
+                }
+                loop {
+                    i = ws(b, self.value(i, depth + 1)?);
+                    match b.get(i) {
+                        Some(b',') => i = ws(b, i + 1),
+                        Some(b']') => return Some(i + 1),
+                        _ => return None,
+                    }
+                }
+            }
+            b't' => literal(b, i, b"true"),
+            b'f' => literal(b, i, b"false"),
+            b'n' => literal(b, i, b"null"),
+            b'-' | b'0'..=b'9' => number(b, i),
+            _ => None,
         }
-        b't' => literal(b, i, b"true"),
-        b'f' => literal(b, i, b"false"),
-        b'n' => literal(b, i, b"null"),
-        b'-' | b'0'..=b'9' => number(b, i),
-        _ => None,
     }
 }
 
@@ -176,6 +245,7 @@ fn literal(b: &[u8], i: usize, word: &[u8]) -> Option<usize> {
 }
 
 /// JSON's number grammar: `-? (0 | [1-9][0-9]*) (. [0-9]+)? ([eE] [+-]? [0-9]+)?`.
+#[inline]
 fn number(b: &[u8], mut i: usize) -> Option<usize> {
     let digit = |i: usize| b.get(i).is_some_and(u8::is_ascii_digit);
     if b.get(i) == Some(&b'-') {
@@ -189,6 +259,7 @@ fn number(b: &[u8], mut i: usize) -> Option<usize> {
             }
         }
         b'1'..=b'9' => {
+            i += 1;
             while digit(i) {
                 i += 1;
             }
@@ -225,8 +296,8 @@ mod tests {
     use super::*;
     use serde_json::value::RawValue;
 
-    fn g(r: Option<&RawValue>) -> Option<&str> {
-        r.map(RawValue::get)
+    fn g(r: Option<&RawValue>) -> Option<&[u8]> {
+        r.map(|r| r.get().as_bytes())
     }
 
     /// Where the scanner accepts, serde_json accepts too and reads the same fields.
@@ -240,7 +311,47 @@ mod tests {
             (g(s.stream), g(s.pv_id), g(s.item_id), g(s.user_id), g(s.ts), g(s.features)),
             "{line}"
         );
+        // The escape bits: set exactly for the known string fields holding a backslash.
+        for (bit, raw) in [(STREAM, f.stream), (PV_ID, f.pv_id), (ITEM_ID, f.item_id), (USER_ID, f.user_id)] {
+            let has = raw.is_some_and(|r| r.starts_with(b"\"") && r.contains(&b'\\'));
+            assert_eq!(f.escaped & bit != 0, has, "{line}");
+        }
         true
+    }
+
+    /// The eight-byte skip finds the first special byte wherever it sits in the word,
+    /// whatever precedes it (borrows of the SWAR arithmetic must not mislead it).
+    #[test]
+    fn plain_runs_end_at_the_first_special_byte_in_every_position() {
+        let fillers: [u8; 6] = [b'a', b' ', 0x7F, b'!', b'#', b'~'];
+        let specials: [u8; 5] = [b'"', b'\\', 0x00, 0x1F, 0xC3];
+        for len in 0..24 {
+            for &fill in &fillers {
+                for &sp in &specials {
+                    let mut body = vec![fill; len];
+                    body.push(sp);
+                    body.extend_from_slice(b"n\"zzzzzzzzzzzzzzzz");
+                    let mut s = Scan { b: &body, non_ascii: false };
+                    let got = s.string(0);
+                    match sp {
+                        b'"' => assert_eq!(got, Some((len + 1, false)), "{len} {fill} {sp}"),
+                        0xC3 => {
+                            assert_eq!(got, Some((len + 3, false)), "{len} {fill} {sp}");
+                            assert!(s.non_ascii);
+                        }
+                        b'\\' => assert_eq!(got, Some((len + 3, true)), "{len} {fill} {sp}"),
+                        _ => assert_eq!(got, None, "{len} {fill} {sp}"),
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn non_ascii_strings_need_valid_utf8() {
+        assert!(agrees("{\"pv_id\":\"caf\u{e9}\",\"features\":{\"\u{4e2d}\":\"\u{1f600}\"}}"));
+        assert!(fields(b"{\"pv_id\":\"caf\xe9\"}").is_none());
+        assert!(fields(b"{\"a\":{\"b\":\"\xed\xa0\x80\"}}").is_none(), "a surrogate is not UTF-8");
     }
 
     #[test]

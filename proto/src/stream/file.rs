@@ -3,13 +3,17 @@
 //! can be piped through `odl join`.
 //!
 //! The source reads in large blocks and hands out lines as slices of the shared block
-//! (`Bytes`), so a record costs a reference count, not an allocation and a copy.
+//! (`Bytes`), so a record costs a reference count, not an allocation and a copy. A block
+//! goes back to the reader once the last line sliced from it is dropped, so a long
+//! replay re-reads into warm memory instead of zeroing and faulting in fresh pages.
 
 use super::{Poll, Position, Record, RecordSink, RecordSource, Result, StreamError};
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, Bytes};
 use std::fs::File;
 use std::io::{BufWriter, Read, Write};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TryRecvError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Bytes asked of the reader per read; big enough that a read is rare per record.
@@ -28,10 +32,66 @@ pub struct FileSource {
     current: Bytes,
     ended: bool,
     line: i64,
+    #[cfg_attr(not(test), allow(dead_code))]
+    pool: Arc<Pool>,
 }
 
 /// Blocks read ahead of the consumer.
 const READ_AHEAD: usize = 4;
+/// Returned buffers kept for reuse; more are freed (the consumer released a burst).
+const SPARE_BUFFERS: usize = 8;
+
+/// Read buffers whose blocks were released, ready to be read into again. Every buffer
+/// in it is initialised memory of at least [`READ_BLOCK`] bytes.
+#[derive(Default)]
+struct Pool {
+    spare: Mutex<Vec<Vec<u8>>>,
+    /// Buffers ever allocated (a test checks that they are reused).
+    allocated: AtomicUsize,
+}
+
+impl Pool {
+    /// A buffer of at least `len` bytes (a spare one if any).
+    fn take(&self, len: usize) -> Vec<u8> {
+        let spare = self.spare.lock().map(|mut s| s.pop()).unwrap_or(None);
+        let mut buf = spare.unwrap_or_else(|| {
+            self.allocated.fetch_add(1, Ordering::Relaxed);
+            Vec::new()
+        });
+        if buf.len() < len {
+            buf.resize(len, 0);
+        }
+        buf
+    }
+
+    fn give_back(&self, buf: Vec<u8>) {
+        if let Ok(mut s) = self.spare.lock() {
+            if s.len() < SPARE_BUFFERS {
+                s.push(buf);
+            }
+        }
+    }
+}
+
+/// The owner of a block's bytes: the first `len` bytes of `buf`, returned to the pool
+/// when the last `Bytes` slicing it is dropped.
+struct Block {
+    buf: Vec<u8>,
+    len: usize,
+    pool: Arc<Pool>,
+}
+
+impl AsRef<[u8]> for Block {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
+impl Drop for Block {
+    fn drop(&mut self) {
+        self.pool.give_back(std::mem::take(&mut self.buf));
+    }
+}
 
 impl FileSource {
     /// Opens `path`, or standard input for `-`.
@@ -52,8 +112,11 @@ impl FileSource {
     /// Any reader, named `name` in errors (tests, pipes).
     pub fn from_reader(name: &str, reader: Box<dyn Read + Send>) -> Self {
         let (tx, rx) = sync_channel(READ_AHEAD);
-        let spawned =
-            std::thread::Builder::new().name("file-source".into()).spawn(move || read_blocks(reader, tx));
+        let pool = Arc::new(Pool::default());
+        let reader_pool = pool.clone();
+        let spawned = std::thread::Builder::new()
+            .name("file-source".into())
+            .spawn(move || read_blocks(reader, tx, &reader_pool));
         let (blocks, ended) = match spawned {
             Ok(_) => (rx, false),
             Err(e) => {
@@ -63,7 +126,7 @@ impl FileSource {
                 (rx, false)
             }
         };
-        FileSource { name: name.to_string(), blocks, current: Bytes::new(), ended, line: 0 }
+        FileSource { name: name.to_string(), blocks, current: Bytes::new(), ended, line: 0, pool }
     }
 
     fn take_line(&mut self, out: &mut Vec<Record>) {
@@ -97,35 +160,41 @@ impl FileSource {
 }
 
 /// The reader thread: blocks of whole lines (the tail of the file may lack its newline).
-fn read_blocks(mut reader: Box<dyn Read + Send>, tx: SyncSender<std::io::Result<Bytes>>) {
-    let mut buf = BytesMut::with_capacity(READ_BLOCK);
+/// `buf[..filled]` holds what was read and not yet sent: the start of a line.
+fn read_blocks(mut reader: Box<dyn Read + Send>, tx: SyncSender<std::io::Result<Bytes>>, pool: &Arc<Pool>) {
+    let block = |buf: Vec<u8>, len: usize| Bytes::from_owner(Block { buf, len, pool: pool.clone() });
+    let mut buf = pool.take(READ_BLOCK);
+    let mut filled = 0;
     loop {
-        let len = buf.len();
-        buf.resize(len + READ_BLOCK, 0);
-        let n = match reader.read(&mut buf[len..]) {
+        if filled == buf.len() {
+            // One line fills the buffer: grow it.
+            buf.resize(2 * buf.len(), 0);
+        }
+        let n = match reader.read(&mut buf[filled..]) {
             Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {
-                buf.truncate(len);
-                continue;
-            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => {
                 let _ = tx.send(Err(e));
                 return;
             }
         };
-        buf.truncate(len + n);
         if n == 0 {
-            if !buf.is_empty() {
-                let _ = tx.send(Ok(buf.split().freeze()));
+            if filled > 0 {
+                let _ = tx.send(Ok(block(buf, filled)));
             }
             return;
         }
-        if let Some(last) = memchr::memrchr(b'\n', &buf[len..]) {
-            let block = buf.split_to(len + last + 1).freeze();
-            if tx.send(Ok(block)).is_err() {
+        let start = filled;
+        filled += n;
+        if let Some(last) = memchr::memrchr(b'\n', &buf[start..filled]) {
+            let end = start + last + 1;
+            let tail = filled - end;
+            let mut next = pool.take(READ_BLOCK.max(2 * tail));
+            next[..tail].copy_from_slice(&buf[end..filled]);
+            if tx.send(Ok(block(buf, end))).is_err() {
                 return;
             }
-            buf.reserve(READ_BLOCK);
+            (buf, filled) = (next, tail);
         }
     }
 }
@@ -248,6 +317,35 @@ mod tests {
         let text = lines.join("\n") + "\n";
         let mut s = FileSource::from_reader("t", Box::new(Cursor::new(text.into_bytes())));
         assert_eq!(all(&mut s, 4096), lines);
+    }
+
+    #[test]
+    fn a_line_longer_than_a_read_block_arrives_whole() {
+        let long = "x".repeat(READ_BLOCK * 5 / 2);
+        let text = format!("a\n{long}\nb\n{long}");
+        for max in [1, 3] {
+            let mut s = FileSource::from_reader("t", Box::new(Cursor::new(text.clone().into_bytes())));
+            assert_eq!(all(&mut s, max), vec!["a", &long, "b", &long]);
+        }
+    }
+
+    #[test]
+    fn released_blocks_are_read_into_again() {
+        let line = format!("{}\n", "y".repeat(999));
+        let blocks = 40;
+        let text = line.repeat(blocks * READ_BLOCK / line.len());
+        let mut s = FileSource::from_reader("t", Box::new(Cursor::new(text.into_bytes())));
+        let mut n = 0;
+        loop {
+            match s.poll(64, Duration::from_secs(30)).unwrap() {
+                Poll::Records(r) => n += r.len(),
+                Poll::End => break,
+                Poll::Idle => {}
+            }
+        }
+        assert_eq!(n, blocks * READ_BLOCK / line.len());
+        let allocated = s.pool.allocated.load(Ordering::Relaxed);
+        assert!(allocated <= READ_AHEAD + 4, "{allocated} buffers for {blocks} blocks");
     }
 
     #[test]
