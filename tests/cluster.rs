@@ -144,6 +144,19 @@ fn a_shard_killed_mid_training_restarts_from_its_checkpoint() {
     // Every row the pre-kill checkpoint held is on the restarted shard at the end
     // (read from the checkpoint its SIGTERM wrote; no TTL, so nothing was evicted).
     let fin = LocalStore::load_checkpoint(&ck1, Some((1, 2))).unwrap();
+    // The worker declared its model config with the schema, so every shard's
+    // checkpoint (and so its full versions) carries it, as file mode's does.
+    let shard0 = LocalStore::load_checkpoint(&d.join("ck-0"), Some((0, 2))).unwrap();
+    for (i, store) in [&shard0, &fin].into_iter().enumerate() {
+        let text = store
+            .attribute("model_config")
+            .unwrap_or_else(|| panic!("shard {i}: no model_config"));
+        let cfg: Value = serde_json::from_str(&text).unwrap();
+        assert!(
+            cfg["fields"].as_array().is_some_and(|f| !f.is_empty()),
+            "shard {i}: {cfg}"
+        );
+    }
     for chunk in saved.full_snapshot() {
         let present = fin.read_rows(&chunk.table, &chunk.keys).unwrap();
         assert_eq!(

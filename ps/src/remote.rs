@@ -24,6 +24,7 @@ use odl_proto::params::{self, ModelSchema, ParamError, ParamRead, ParamStore, Tr
 use odl_proto::ps_rpc as rpc;
 use odl_proto::ps_rpc::parameter_server_client::ParameterServerClient;
 use parking_lot::RwLock;
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -45,6 +46,9 @@ pub struct RemoteOptions {
     /// Per-attempt limits.
     pub connect_timeout: Duration,
     pub request_timeout: Duration,
+    /// Checkpoint attributes sent with every declaration (also the re-declaration
+    /// after a shard restart), e.g. the model config serving builds its model from.
+    pub attributes: BTreeMap<String, String>,
 }
 
 impl RemoteOptions {
@@ -58,6 +62,7 @@ impl RemoteOptions {
             max_backoff: Duration::from_secs(2),
             connect_timeout: Duration::from_secs(2),
             request_timeout: Duration::from_secs(30),
+            attributes: BTreeMap::new(),
         }
     }
 }
@@ -257,6 +262,7 @@ impl Inner {
                             .declare(rpc::DeclareRequest {
                                 schema_json,
                                 shards: self.shards.len() as u32,
+                                attributes: self.opts.attributes.clone().into_iter().collect(),
                             })
                             .await?;
                     }
@@ -547,11 +553,14 @@ impl ParamStore for RemoteStore {
                 .fan_out((0..shards as usize).collect(), move |inner, i| {
                     let json = json.clone();
                     async move {
+                        let attributes: std::collections::HashMap<_, _> =
+                            inner.opts.attributes.clone().into_iter().collect();
                         inner
                             .call(i, |mut c| {
                                 let req = rpc::DeclareRequest {
                                     schema_json: json.clone(),
                                     shards,
+                                    attributes: attributes.clone(),
                                 };
                                 async move { c.declare(req).await }
                             })

@@ -87,7 +87,11 @@ impl ParameterServer for PsService {
         }
         let schema: ModelSchema = serde_json::from_slice(&req.schema_json)
             .map_err(|e| PsError::Invalid(format!("schema_json: {e}")))?;
+        check_attributes(&req.attributes)?;
         self.store.declare_schema(&schema)?;
+        for (k, v) in &req.attributes {
+            self.store.set_attribute(k, v);
+        }
         Ok(Response::new(rpc::DeclareResponse {}))
     }
 
@@ -195,4 +199,19 @@ impl ParameterServer for PsService {
     ) -> Result<Response<rpc::ShardInfoResponse>, Status> {
         Ok(Response::new(shard_info(&self.store, self.shard)))
     }
+}
+
+/// Attributes are small metadata (a model config is a few KB): refuse empty names and
+/// anything large enough to bloat every checkpoint manifest.
+fn check_attributes(attrs: &std::collections::HashMap<String, String>) -> Result<(), PsError> {
+    const MAX_BYTES: usize = 1 << 20;
+    for (k, v) in attrs {
+        if k.is_empty() || k.len() > 256 {
+            return Err(PsError::Invalid(format!("attribute name {k:?} must be 1..=256 bytes")));
+        }
+        if v.len() > MAX_BYTES {
+            return Err(PsError::Invalid(format!("attribute {k:?} is {} bytes, over {MAX_BYTES}", v.len())));
+        }
+    }
+    Ok(())
 }

@@ -270,6 +270,7 @@ fn the_server_itself_validates_every_call() {
             cl.declare(rpc::DeclareRequest {
                 schema_json: b"{nope".to_vec(),
                 shards: 1,
+                attributes: Default::default(),
             })
             .await
             .unwrap_err(),
@@ -400,4 +401,36 @@ fn a_shard_restarted_empty_gets_the_schema_again_from_the_client() {
     remote.pull_sparse("emb", &spread(5), &mut out).unwrap();
     assert_eq!(remote.reconnects(), before);
     stop2.cancel();
+}
+
+/// Attributes declared with the schema reach every shard (so each shard's checkpoint
+/// and full versions carry the model config); oversized ones are refused.
+#[test]
+fn declared_attributes_reach_every_shard_and_are_bounded() {
+    let c = Cluster::start(2);
+    let mut opts = RemoteOptions::new(c.grpc.clone(), "test-worker");
+    opts.attributes
+        .insert("model_config".into(), "{\"model\":\"mmoe\"}".into());
+    let s = RemoteStore::connect(opts).unwrap();
+    s.declare(&schema()).unwrap();
+    for store in &c.stores {
+        assert_eq!(
+            store.attribute("model_config").as_deref(),
+            Some("{\"model\":\"mmoe\"}")
+        );
+    }
+
+    let mut opts = RemoteOptions::new(c.grpc.clone(), "test-worker");
+    opts.attributes
+        .insert("model_config".into(), "x".repeat(2 << 20));
+    opts.retry_deadline = Duration::from_millis(200);
+    let s = RemoteStore::connect(opts).unwrap();
+    match s.declare(&schema()) {
+        Err(ParamError::Invalid(m)) => assert!(m.contains("bytes"), "{m}"),
+        other => panic!("an oversized attribute must be refused: {other:?}"),
+    }
+    assert_eq!(
+        c.stores[0].attribute("model_config").as_deref(),
+        Some("{\"model\":\"mmoe\"}")
+    );
 }
