@@ -84,9 +84,6 @@ impl Rates {
         if let Some((t0, first)) = self.recent.front() {
             let dt = t_ms.saturating_sub(*t0) as f64 / 1000.0;
             for (counter, rate) in RATES {
-                if p.contains_key(rate) {
-                    continue; // the service reports it itself (workers' samples_per_sec)
-                }
                 if let (Some(a), Some(b)) = (first.get(counter), p.get(counter)) {
                     if dt > 0.0 {
                         p.insert(rate.to_string(), (b - a) / dt);
@@ -180,7 +177,9 @@ fn quality(q: &Value, p: &mut Point) {
 
 fn progress(pr: &Value, p: &mut Point) {
     put(p, "samples", &pr["samples"]);
-    put(p, "samples_per_sec", &pr["samples_per_sec"]);
+    // A worker's own figure is its average since start; the chart wants the recent
+    // rate, which `Rates` derives from `samples` like every other rate.
+    put(p, "reported_samples_per_sec", &pr["samples_per_sec"]);
     for t in pr["tasks"].as_array().into_iter().flatten() {
         let Some(task) = t["task"].as_str() else {
             continue;
@@ -269,6 +268,13 @@ mod tests {
         assert_eq!(p["auc.click.global"], 0.7);
         assert_eq!(p["auc.click.current"], 0.65);
         assert_eq!(p["gate.current"], 0.6);
+        let worker = json!({"worker": "0/2", "samples": 5, "samples_per_sec": 2.5, "tasks": []});
+        let w = extract(ServiceKind::Worker, &answers(&[("/v1/progress", worker)]));
+        assert_eq!((w["samples"], w["reported_samples_per_sec"]), (5.0, 2.5));
+        assert!(
+            !w.contains_key("samples_per_sec"),
+            "the chart's rate is derived, not the average"
+        );
         let no_gates = json!({"samples": 1, "tasks": [], "gates": null});
         assert!(
             !extract(ServiceKind::Ps, &answers(&[("/v1/progress", no_gates)]))
