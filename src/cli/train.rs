@@ -16,6 +16,8 @@ use odl_trainer::{Model, ModelConfig};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+mod http;
+
 /// The checkpoint attribute holding the model config (JSON of `ModelConfig`).
 pub const MODEL_CONFIG_ATTRIBUTE: &str = "model_config";
 
@@ -49,6 +51,10 @@ pub struct TrainArgs {
     /// This worker's share of the samples, `i/n` (overrides the config's `worker`).
     #[arg(long)]
     pub worker: Option<String>,
+    /// Cluster mode: the worker's HTTP address (overrides the config's `http_addr`;
+    /// port 0 picks a free one, printed as `http=HOST:PORT`).
+    #[arg(long)]
+    pub http_addr: Option<String>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -224,6 +230,9 @@ fn run_worker(args: TrainArgs) -> anyhow::Result<()> {
     if let Some(e) = args.epochs {
         tc.epochs = e;
     }
+    if let Some(a) = &args.http_addr {
+        tc.http_addr = a.clone();
+    }
     tc.validate().context("bad trainer config")?;
     let share = tc.share()?;
     let samples = PathBuf::from(&tc.samples);
@@ -237,14 +246,12 @@ fn run_worker(args: TrainArgs) -> anyhow::Result<()> {
     let retry = Duration::from_secs(tc.retry_deadline_secs);
     let mut ropts = RemoteOptions::new(tc.ps.clone(), format!("worker-{}-of-{}", share.0, share.1));
     ropts.retry_deadline = retry;
-    // As file mode does: the shards' checkpoints and full versions carry the model.
-    ropts
-        .attributes
-        .insert(MODEL_CONFIG_ATTRIBUTE.into(), serde_json::to_string(&cfg)?);
+    let obs = http::WorkerObservations::new(format!("{}/{}", share.0, share.1));
+    let _http = http::spawn(&tc.http_addr, obs.clone());
     let store = RemoteStore::connect(ropts).context("cannot set up the PS client")?;
-    store
-        .declare(model.schema())
-        .context("cannot declare the model on the PS shards")?;
+    let declared = store.declare(model.schema());
+    obs.set_ready(declared.as_ref().map(|_| ()).map_err(|e| e.to_string()));
+    declared.context("cannot declare the model on the PS shards")?;
     eprintln!(
         "odl train worker {}/{} ready: {} shards",
         share.0,
@@ -260,7 +267,8 @@ fn run_worker(args: TrainArgs) -> anyhow::Result<()> {
         progress_interval: Duration::from_secs(tc.progress_interval_secs),
         retry_deadline: retry,
     };
-    let (report, mut stats) = run_file(&model, &store, &samples, &opts)
+    let observed = http::ObservedStore { inner: &store, obs };
+    let (report, mut stats) = run_file(&model, &observed, &samples, &opts)
         .with_context(|| format!("training on {} failed", samples.display()))?;
     stats.retries += store.retries();
     eprintln!("reconnects: {}", store.reconnects());

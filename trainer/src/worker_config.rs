@@ -20,6 +20,7 @@ pub struct TrainerConfig {
     pub progress_interval_secs: u64,
     pub retry_deadline_secs: u64,
     pub report: String,
+    pub http_addr: String,
 }
 
 impl TrainerConfig {
@@ -84,6 +85,9 @@ mod tests {
             {
                 let c = TrainerConfig::load(Some(&p)).unwrap();
                 assert_eq!(c.ps.len(), 2);
+                let name = p.file_stem().unwrap().to_str().unwrap();
+                let i = name.trim_start_matches("worker-");
+                assert_eq!(c.http_addr, format!("127.0.0.1:871{i}"));
                 n += 1;
             }
         }
