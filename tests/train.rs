@@ -160,7 +160,7 @@ fn file_mode_learns_near_the_oracle_and_a_leaked_label_is_caught() {
         "current click AUC {current} vs oracle {oracle_current}"
     );
     assert!(
-        global > oracle_global - 0.04,
+        global > oracle_global - 0.03,
         "global click AUC {global} vs oracle {oracle_global}"
     );
     assert!(
@@ -398,7 +398,9 @@ fn two_workers_and_two_shards_learn_like_file_mode() {
     let d = data();
     let dir = tempfile::tempdir().expect("temp dir");
     let samples = dir.path().join("s.jsonl");
-    slice_lines(&d.samples, &samples, 0, 200_000);
+    // 600k samples: on a stream of 200k the cold start alone keeps a model's global
+    // AUC more than 0.03 under the oracle's, which knows the truth from sample one.
+    slice_lines(&d.samples, &samples, 0, 600_000);
     // Every worker's window covers the same stretch of the stream as file mode's.
     let (wcfg, fcfg) = (
         dir.path().join("model-w.toml"),
@@ -454,8 +456,8 @@ fn two_workers_and_two_shards_learn_like_file_mode() {
         "click current AUC: file mode {f:.4}, workers {:.4} {:.4}",
         w[0], w[1]
     );
-    // Global figures: each worker's covers its 100k samples (AUC standard error about
-    // 0.004), the same stretch of the stream as file mode's 200k.
+    // Global figures: each worker's covers its 300k samples (AUC standard error about
+    // 0.003), the same stretch of the stream as file mode's 600k.
     let wg: Vec<f64> = reports.iter().map(|r| auc(r, "click", "global")).collect();
     let fg = auc(&fr, "click", "global");
     eprintln!(
@@ -463,7 +465,7 @@ fn two_workers_and_two_shards_learn_like_file_mode() {
         wg[0], wg[1]
     );
     for r in &reports {
-        assert_eq!(r["samples"], 100_000);
+        assert_eq!(r["samples"], 300_000);
     }
     assert!((wg[0] - wg[1]).abs() < 0.02, "{wg:?}");
     let cluster = (wg[0] + wg[1]) / 2.0;
@@ -475,6 +477,19 @@ fn two_workers_and_two_shards_learn_like_file_mode() {
         w.iter().all(|a| (a - f).abs() < 0.025),
         "current: {w:?} vs {f}"
     );
+    // Both within 0.03 of the bound the simulator's true probabilities set on this
+    // stretch of the stream (issue 5).
+    let (oracle_global, oracle_current) = oracle(&samples, &d.truth, 60_000);
+    let current = (w[0] + w[1]) / 2.0;
+    eprintln!("oracle: global {oracle_global:.4}, current {oracle_current:.4}");
+    for (what, auc, bound) in [
+        ("cluster global", cluster, oracle_global),
+        ("file global", fg, oracle_global),
+        ("cluster current", current, oracle_current),
+        ("file current", f, oracle_current),
+    ] {
+        assert!(auc > bound - 0.03, "{what} click AUC {auc} vs oracle {bound}");
+    }
 }
 
 #[test]
