@@ -24,7 +24,8 @@ type Scrape = BTreeMap<String, Vec<(BTreeMap<String, String>, f64)>>;
 
 fn valid_name(n: &str) -> bool {
     let mut c = n.chars();
-    c.next().is_some_and(|f| f.is_ascii_alphabetic() || f == '_' || f == ':')
+    c.next()
+        .is_some_and(|f| f.is_ascii_alphabetic() || f == '_' || f == ':')
         && c.all(|x| x.is_ascii_alphanumeric() || x == '_' || x == ':')
 }
 
@@ -33,7 +34,9 @@ fn parse_labels(s: &str) -> Result<BTreeMap<String, String>, String> {
     let mut out = BTreeMap::new();
     let mut rest = s;
     while !rest.is_empty() {
-        let (k, r) = rest.split_once("=\"").ok_or(format!("label without =\" in {s:?}"))?;
+        let (k, r) = rest
+            .split_once("=\"")
+            .ok_or(format!("label without =\" in {s:?}"))?;
         if !valid_name(k) || k.starts_with("__") {
             return Err(format!("bad label name {k:?}"));
         }
@@ -75,9 +78,8 @@ fn parse_value(v: &str) -> Result<f64, String> {
 fn parse_exposition(text: &str) -> Result<Scrape, String> {
     let mut types: BTreeMap<String, String> = BTreeMap::new();
     let mut scrape = Scrape::new();
-    let mut lines = text.lines().peekable();
     let mut eof = false;
-    while let Some(line) = lines.next() {
+    for line in text.lines() {
         if eof {
             return Err(format!("line after # EOF: {line:?}"));
         }
@@ -91,7 +93,15 @@ fn parse_exposition(text: &str) -> Result<Scrape, String> {
             match kw {
                 "TYPE" => {
                     let t = parts.next().unwrap_or("");
-                    let known = ["counter", "gauge", "histogram", "summary", "info", "stateset", "unknown"];
+                    let known = [
+                        "counter",
+                        "gauge",
+                        "histogram",
+                        "summary",
+                        "info",
+                        "stateset",
+                        "unknown",
+                    ];
                     if !valid_name(name) || !known.contains(&t) {
                         return Err(format!("bad TYPE line {line:?}"));
                     }
@@ -114,10 +124,18 @@ fn parse_exposition(text: &str) -> Result<Scrape, String> {
             }
             continue;
         }
-        let (series, value) = line.rsplit_once(' ').ok_or(format!("no value in {line:?}"))?;
+        let (series, value) = line
+            .rsplit_once(' ')
+            .ok_or(format!("no value in {line:?}"))?;
         let value = parse_value(value)?;
         let (name, labels) = match series.split_once('{') {
-            Some((n, l)) => (n, parse_labels(l.strip_suffix('}').ok_or(format!("unclosed labels in {line:?}"))?)?),
+            Some((n, l)) => (
+                n,
+                parse_labels(
+                    l.strip_suffix('}')
+                        .ok_or(format!("unclosed labels in {line:?}"))?,
+                )?,
+            ),
             None => (series, BTreeMap::new()),
         };
         if !valid_name(name) {
@@ -127,20 +145,27 @@ fn parse_exposition(text: &str) -> Result<Scrape, String> {
             .iter()
             .find_map(|s| name.strip_suffix(s).filter(|f| types.contains_key(*f)))
             .unwrap_or(name);
-        let t = types.get(family).ok_or(format!("sample {name} of no declared family"))?;
+        let t = types
+            .get(family)
+            .ok_or(format!("sample {name} of no declared family"))?;
         let suffix_ok = match t.as_str() {
             "counter" => name.ends_with("_total") || name.ends_with("_created"),
-            "histogram" => ["_bucket", "_sum", "_count", "_created"].iter().any(|s| name.ends_with(s)),
+            "histogram" => ["_bucket", "_sum", "_count", "_created"]
+                .iter()
+                .any(|s| name.ends_with(s)),
             "gauge" => name == family,
             _ => true,
         };
         if !suffix_ok {
             return Err(format!("sample {name} does not fit its {t} family"));
         }
-        if t == "counter" && !(value >= 0.0) {
+        if t == "counter" && (value.is_nan() || value < 0.0) {
             return Err(format!("negative counter in {line:?}"));
         }
-        scrape.entry(name.to_string()).or_default().push((labels, value));
+        scrape
+            .entry(name.to_string())
+            .or_default()
+            .push((labels, value));
     }
     if !eof {
         return Err("no # EOF at the end".into());
@@ -152,13 +177,21 @@ fn parse_exposition(text: &str) -> Result<Scrape, String> {
 fn check_histograms(scrape: &Scrape, types: &BTreeMap<String, String>) -> Result<(), String> {
     for (family, _) in types.iter().filter(|(_, t)| *t == "histogram") {
         let mut series: BTreeMap<BTreeMap<String, String>, Vec<(f64, f64)>> = BTreeMap::new();
-        for (labels, v) in scrape.get(&format!("{family}_bucket")).into_iter().flatten() {
+        for (labels, v) in scrape
+            .get(&format!("{family}_bucket"))
+            .into_iter()
+            .flatten()
+        {
             let mut key = labels.clone();
-            let le = key.remove("le").ok_or(format!("{family}_bucket without le"))?;
+            let le = key
+                .remove("le")
+                .ok_or(format!("{family}_bucket without le"))?;
             series.entry(key).or_default().push((parse_value(&le)?, *v));
         }
         for (key, buckets) in series {
-            let ordered = buckets.windows(2).all(|w| w[0].0 < w[1].0 && w[0].1 <= w[1].1);
+            let ordered = buckets
+                .windows(2)
+                .all(|w| w[0].0 < w[1].0 && w[0].1 <= w[1].1);
             let last = buckets.last().ok_or("empty histogram")?;
             let count = scrape
                 .get(&format!("{family}_count"))
@@ -177,11 +210,11 @@ fn the_exposition_check_rejects_what_prometheus_would() {
     let good = "# HELP a_total x\n# TYPE a counter\na_total{k=\"v\\\"q\"} 3\n# EOF\n";
     assert_eq!(parse_exposition(good).unwrap()["a_total"][0].0["k"], "v\"q");
     for bad in [
-        "a_total 1\n# EOF\n",                                              // undeclared family
-        "# TYPE a counter\na 1\n# EOF\n",                                  // counter without _total
-        "# TYPE a counter\na_total 1\n",                                   // no EOF
-        "# TYPE a gauge\na{k=\"v} 1\n# EOF\n",                              // unterminated label
-        "# TYPE a gauge\na one\n# EOF\n",                                  // bad value
+        "a_total 1\n# EOF\n",                  // undeclared family
+        "# TYPE a counter\na 1\n# EOF\n",      // counter without _total
+        "# TYPE a counter\na_total 1\n",       // no EOF
+        "# TYPE a gauge\na{k=\"v} 1\n# EOF\n", // unterminated label
+        "# TYPE a gauge\na one\n# EOF\n",      // bad value
         "# TYPE h histogram\nh_bucket{le=\"1\"} 2\nh_bucket{le=\"+Inf\"} 1\nh_count 1\n# EOF\n", // not cumulative
     ] {
         assert!(parse_exposition(bad).is_err(), "accepted {bad:?}");
@@ -192,20 +225,34 @@ fn the_exposition_check_rejects_what_prometheus_would() {
 fn scrape(addr: &str) -> Scrape {
     let (status, body) = http_get(addr, "/metrics");
     assert_eq!(status, 200, "{addr}/metrics: {body}");
-    parse_exposition(&body).unwrap_or_else(|e| panic!("{addr}/metrics is not valid exposition text: {e}\n{body}"))
+    parse_exposition(&body)
+        .unwrap_or_else(|e| panic!("{addr}/metrics is not valid exposition text: {e}\n{body}"))
 }
 
 /// The value of the sample `name` whose labels include `want`.
 fn value(s: &Scrape, name: &str, want: &[(&str, &str)]) -> f64 {
     s.get(name)
-        .and_then(|v| v.iter().find(|(l, _)| want.iter().all(|(k, x)| l.get(*k).map(String::as_str) == Some(*x))))
+        .and_then(|v| {
+            v.iter().find(|(l, _)| {
+                want.iter()
+                    .all(|(k, x)| l.get(*k).map(String::as_str) == Some(*x))
+            })
+        })
         .map(|x| x.1)
-        .unwrap_or_else(|| panic!("no sample {name}{want:?} in {:?}", s.keys().collect::<Vec<_>>()))
+        .unwrap_or_else(|| {
+            panic!(
+                "no sample {name}{want:?} in {:?}",
+                s.keys().collect::<Vec<_>>()
+            )
+        })
 }
 
 fn get_json(addr: &str, path: &str) -> (u16, Value) {
     let (status, body) = http_get(addr, path);
-    (status, serde_json::from_str(&body).unwrap_or_else(|e| panic!("{addr}{path}: {e}: {body}")))
+    (
+        status,
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("{addr}{path}: {e}: {body}")),
+    )
 }
 
 // ---------------------------------------------------------------------------------
@@ -252,9 +299,15 @@ fn assert_board_covered(prefixes: &[&str], scrapes: &[&Scrape]) {
     let names = grafana_metric_names();
     let known = ["odl_joiner_", "odl_ps_", "odl_serve_", "odl_trainer_"];
     for n in &names {
-        assert!(known.iter().any(|p| n.starts_with(p)), "{n} belongs to no service");
+        assert!(
+            known.iter().any(|p| n.starts_with(p)),
+            "{n} belongs to no service"
+        );
         if prefixes.iter().any(|p| n.starts_with(p)) {
-            assert!(scrapes.iter().any(|s| s.contains_key(n)), "the board queries {n}, which no scrape has");
+            assert!(
+                scrapes.iter().any(|s| s.contains_key(n)),
+                "the board queries {n}, which no scrape has"
+            );
         }
     }
 }
@@ -288,10 +341,12 @@ fn wait_addr(rx: &mpsc::Receiver<String>, marker: &str) -> String {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        let line = rx.recv_timeout(left).unwrap_or_else(|e| panic!("no line with {marker:?}: {e}"));
+        let line = rx
+            .recv_timeout(left)
+            .unwrap_or_else(|e| panic!("no line with {marker:?}: {e}"));
         if let Some(rest) = line.split_once(marker).map(|x| x.1) {
             let addr: String = rest
-                .trim_start_matches(|c: char| c == ' ' || c == '=')
+                .trim_start_matches([' ', '='])
                 .trim_start_matches("http://")
                 .chars()
                 .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':')
@@ -311,7 +366,10 @@ impl Drop for Killed {
 }
 
 fn sigterm(c: &Child) {
-    Command::new("kill").args(["-TERM", &c.id().to_string()]).status().unwrap();
+    Command::new("kill")
+        .args(["-TERM", &c.id().to_string()])
+        .status()
+        .unwrap();
 }
 
 // ---------------------------------------------------------------------------------
@@ -344,19 +402,36 @@ fn odl_run_exports_metrics_quality_and_readiness() {
     std::thread::spawn(move || while rx.recv().is_ok() {});
 
     assert_eq!(http_get(&joiner, "/healthz").0, 200);
-    wait_until(Duration::from_secs(60), "the joiner to be ready", || http_get(&joiner, "/readyz").0 == 200);
-    // A serving node is ready once a version with a model is applied; then predict.
-    wait_until(Duration::from_secs(120), "the serving node to be ready", || http_get(&serve, "/readyz").0 == 200);
-    wait_until(Duration::from_secs(120), "samples, labels past their window and trained samples", || {
-        let q = get_json(&joiner, "/v1/quality").1;
-        let p = get_json(&ps, "/v1/progress").1;
-        q["sample_delay_seconds"]["count"].as_u64() > Some(1000) && p["samples"].as_u64() > Some(0)
+    wait_until(Duration::from_secs(60), "the joiner to be ready", || {
+        http_get(&joiner, "/readyz").0 == 200
     });
+    // A serving node is ready once a version with a model is applied; then predict.
+    wait_until(
+        Duration::from_secs(120),
+        "the serving node to be ready",
+        || http_get(&serve, "/readyz").0 == 200,
+    );
+    wait_until(
+        Duration::from_secs(120),
+        "samples, labels past their window and trained samples",
+        || {
+            let q = get_json(&joiner, "/v1/quality").1;
+            let p = get_json(&ps, "/v1/progress").1;
+            q["sample_delay_seconds"]["count"].as_u64() > Some(1000)
+                && p["samples"].as_u64() > Some(0)
+        },
+    );
     let mut c = odl::serve::client::HttpClient::connect(&serve).unwrap();
-    let (status, body) =
-        c.post("/v1/models/rank_mmoe_odl:predict", br#"{"instances": [{"item_cat": "c3", "device": "ios"}]}"#).unwrap();
+    let (status, body) = c
+        .post(
+            "/v1/models/rank_mmoe_odl:predict",
+            br#"{"instances": [{"item_cat": "c3", "device": "ios"}]}"#,
+        )
+        .unwrap();
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
-    let (status, _) = c.post("/v1/models/rank_mmoe_odl:predict", b"not json").unwrap();
+    let (status, _) = c
+        .post("/v1/models/rank_mmoe_odl:predict", b"not json")
+        .unwrap();
     assert_eq!(status, 400);
 
     // /v1/quality and /stats from the same published snapshot: read stats on both sides.
@@ -367,25 +442,58 @@ fn odl_run_exports_metrics_quality_and_readiness() {
             break (a, q);
         }
     };
-    let expected_keys = ["click", "detail_click", "exposure", "feature", "malformed", "samples"];
-    assert_eq!(stats.as_object().unwrap().keys().collect::<Vec<_>>(), expected_keys);
+    let expected_keys = [
+        "click",
+        "detail_click",
+        "exposure",
+        "feature",
+        "malformed",
+        "samples",
+    ];
+    assert_eq!(
+        stats.as_object().unwrap().keys().collect::<Vec<_>>(),
+        expected_keys
+    );
     for label in ["click", "detail_click"] {
         let d = &quality["label_delay"][label];
-        let in_window: u64 = ["le_1s", "le_60s", "le_600s", "in_window"].iter().map(|b| d[b].as_u64().unwrap()).sum();
-        assert_eq!(in_window, stats[label]["joined"].as_u64().unwrap(), "{label}: {d} vs {}", stats[label]);
-        assert!(d["past_window"].as_u64().unwrap() <= stats[label]["unjoined"].as_u64().unwrap() + stats[label]["received"].as_u64().unwrap());
+        let in_window: u64 = ["le_1s", "le_60s", "le_600s", "in_window"]
+            .iter()
+            .map(|b| d[b].as_u64().unwrap())
+            .sum();
+        assert_eq!(
+            in_window,
+            stats[label]["joined"].as_u64().unwrap(),
+            "{label}: {d} vs {}",
+            stats[label]
+        );
+        assert!(
+            d["past_window"].as_u64().unwrap()
+                <= stats[label]["unjoined"].as_u64().unwrap()
+                    + stats[label]["received"].as_u64().unwrap()
+        );
     }
-    assert_eq!(quality["label_delay"]["click"]["in_window"], 0, "the window is 20 s: nothing can be in (600 s, window]");
+    assert_eq!(
+        quality["label_delay"]["click"]["in_window"], 0,
+        "the window is 20 s: nothing can be in (600 s, window]"
+    );
     let sd = &quality["sample_delay_seconds"];
     assert!(sd["count"].as_u64() <= stats["samples"]["emitted"].as_u64());
     // Samples leave once the watermark passes tE + 20 s.
-    assert!(sd["p50"].as_f64().unwrap() >= 19.0 && sd["p50"].as_f64().unwrap() < 40.0, "{sd}");
+    assert!(
+        sd["p50"].as_f64().unwrap() >= 19.0 && sd["p50"].as_f64().unwrap() < 40.0,
+        "{sd}"
+    );
     let rate = quality["positive_rate"]["click"].as_f64().unwrap();
     assert!(rate > 0.0 && rate < 0.5, "{rate}");
     let coverage = quality["feature_coverage"].as_array().unwrap();
-    let user = coverage.iter().find(|c| c["field"] == "user_id").expect("user_id coverage");
+    let user = coverage
+        .iter()
+        .find(|c| c["field"] == "user_id")
+        .expect("user_id coverage");
     assert!(user["share"].as_f64().unwrap() > 0.9);
-    assert!(!user["top"].as_array().unwrap().is_empty() && user["top"].as_array().unwrap().len() <= 5);
+    assert!(
+        !user["top"].as_array().unwrap().is_empty() && user["top"].as_array().unwrap().len() <= 5
+    );
     assert_eq!(quality["consumer_lag"], serde_json::json!({}));
     let pending = &quality["pending"];
     assert!(pending["exposures"].as_u64() > Some(0), "{pending}");
@@ -393,24 +501,61 @@ fn odl_run_exports_metrics_quality_and_readiness() {
     // Metrics of the three services.
     let j = scrape(&joiner);
     for stream in ["exposure", "click", "detail_click", "feature"] {
-        assert!(value(&j, "odl_joiner_events_received_total", &[("stream", stream)]) > 0.0);
+        assert!(
+            value(
+                &j,
+                "odl_joiner_events_received_total",
+                &[("stream", stream)]
+            ) > 0.0
+        );
         for what in ["late", "joined", "unjoined"] {
-            value(&j, &format!("odl_joiner_events_{what}_total"), &[("stream", stream)]);
+            value(
+                &j,
+                &format!("odl_joiner_events_{what}_total"),
+                &[("stream", stream)],
+            );
         }
     }
-    value(&j, "odl_joiner_events_duplicate_total", &[("stream", "exposure")]);
-    assert!(value(&j, "odl_joiner_malformed_total", &[]) > 0.0, "the simulator sends malformed lines");
+    value(
+        &j,
+        "odl_joiner_events_duplicate_total",
+        &[("stream", "exposure")],
+    );
+    assert!(
+        value(&j, "odl_joiner_malformed_total", &[]) > 0.0,
+        "the simulator sends malformed lines"
+    );
     assert!(value(&j, "odl_joiner_samples_emitted_total", &[]) > 0.0);
     value(&j, "odl_joiner_samples_audited_total", &[]);
     for label in ["click", "detail_click"] {
-        assert!(value(&j, "odl_joiner_label_delay_seconds_count", &[("label", label)]) > 0.0);
-        value(&j, "odl_joiner_label_delay_seconds_bucket", &[("label", label), ("le", "60.0")]);
-        value(&j, "odl_joiner_label_past_window_total", &[("label", label)]);
+        assert!(
+            value(
+                &j,
+                "odl_joiner_label_delay_seconds_count",
+                &[("label", label)]
+            ) > 0.0
+        );
+        value(
+            &j,
+            "odl_joiner_label_delay_seconds_bucket",
+            &[("label", label), ("le", "60.0")],
+        );
+        value(
+            &j,
+            "odl_joiner_label_past_window_total",
+            &[("label", label)],
+        );
     }
     assert!(value(&j, "odl_joiner_sample_delay_seconds_count", &[]) > 0.0);
     value(&j, "odl_joiner_pending_events", &[("kind", "exposure")]);
     value(&j, "odl_joiner_positive_ratio", &[("task", "click")]);
-    assert!(value(&j, "odl_joiner_feature_coverage_ratio", &[("field", "user_id")]) > 0.9);
+    assert!(
+        value(
+            &j,
+            "odl_joiner_feature_coverage_ratio",
+            &[("field", "user_id")]
+        ) > 0.9
+    );
     assert_eq!(value(&j, "odl_joiner_ready", &[]), 1.0);
 
     let p = scrape(&ps);
@@ -423,7 +568,10 @@ fn odl_run_exports_metrics_quality_and_readiness() {
         assert!((0.0..=1.0).contains(&auc));
         value(&p, "odl_ps_current_auc", &[("task", task)]);
     }
-    assert_eq!(value(&p, "odl_ps_gate_auc_threshold", &[("gate", "global")]), 0.0);
+    assert_eq!(
+        value(&p, "odl_ps_gate_auc_threshold", &[("gate", "global")]),
+        0.0
+    );
     assert!(value(&p, "odl_ps_versions", &[("status", "FINISHED")]) >= 1.0);
     value(&p, "odl_ps_versions", &[("status", "SKIPPED")]);
     assert!(value(&p, "odl_ps_latest_version", &[]) >= 1.0);
@@ -437,10 +585,17 @@ fn odl_run_exports_metrics_quality_and_readiness() {
     value(&s, "odl_serve_lag_seconds", &[]);
     assert!(value(&s, "odl_serve_predict_seconds_count", &[]) >= 2.0);
     assert_eq!(value(&s, "odl_serve_predictions_total", &[]), 1.0);
-    assert_eq!(value(&s, "odl_serve_predict_errors_total", &[("code", "400")]), 1.0);
+    assert_eq!(
+        value(&s, "odl_serve_predict_errors_total", &[("code", "400")]),
+        1.0
+    );
     assert_eq!(value(&s, "odl_serve_ready", &[]), 1.0);
     let node = get_json(&serve, "/v1/node").1;
-    assert_eq!((node["predictions"].as_u64(), node["errors"].as_u64()), (Some(1), Some(1)), "{node}");
+    assert_eq!(
+        (node["predictions"].as_u64(), node["errors"].as_u64()),
+        (Some(1), Some(1)),
+        "{node}"
+    );
     assert_eq!(node["model"], "rank_mmoe_odl");
     assert!(node["version"].as_u64() >= Some(1));
     assert!(node["lag"]["versions"].is_u64() && node["lag"]["seconds"].is_f64());
@@ -456,10 +611,28 @@ fn samples(dir: &Path) -> PathBuf {
     let ev = dir.join("events.jsonl");
     let out = dir.join("samples.jsonl");
     let run = |args: &[&str]| assert!(Command::new(ODL).args(args).status().unwrap().success());
-    run(&["simulate", "--seed", "3", "--events", "150000", "--out", ev.to_str().unwrap()]);
+    run(&[
+        "simulate",
+        "--seed",
+        "3",
+        "--events",
+        "150000",
+        "--out",
+        ev.to_str().unwrap(),
+    ]);
     let audit = dir.join("audit.jsonl");
     let stats = dir.join("stats.json");
-    run(&["join", "--input", ev.to_str().unwrap(), "--out", out.to_str().unwrap(), "--audit", audit.to_str().unwrap(), "--stats", stats.to_str().unwrap()]);
+    run(&[
+        "join",
+        "--input",
+        ev.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--audit",
+        audit.to_str().unwrap(),
+        "--stats",
+        stats.to_str().unwrap(),
+    ]);
     out
 }
 
@@ -487,10 +660,23 @@ fn cluster_worker_and_serving_node_wait_for_the_ps() {
     let worker = wait_addr(&wrx, " http=");
     std::thread::spawn(move || while wrx.recv().is_ok() {});
     let serve_cfg = dir.path().join("serve.toml");
-    std::fs::write(&serve_cfg, format!("model_config = {:?}\nreconnect_ms = 100\n", model.display().to_string())).unwrap();
+    std::fs::write(
+        &serve_cfg,
+        format!(
+            "model_config = {:?}\nreconnect_ms = 100\n",
+            model.display().to_string()
+        ),
+    )
+    .unwrap();
     let serve = format!("127.0.0.1:{}", free_port());
     let (sv, _srx) = spawn_logged(&[
-        "serve", "--config", serve_cfg.to_str().unwrap(), "--rest-addr", &serve, "--ps-grpc", &format!("http://{grpc}"),
+        "serve",
+        "--config",
+        serve_cfg.to_str().unwrap(),
+        "--rest-addr",
+        &serve,
+        "--ps-grpc",
+        &format!("http://{grpc}"),
     ]);
     let _sv = Killed(sv);
     wait_until(Duration::from_secs(60), "the serving node's HTTP", || {
@@ -516,24 +702,50 @@ fn cluster_worker_and_serving_node_wait_for_the_ps() {
     )
     .unwrap();
     let shard = ps_support::start(&[
-        "--config".into(), ps_cfg.display().to_string(), "--grpc-addr".into(), grpc.clone(), "--http-addr".into(), "127.0.0.1:0".into(),
+        "--config".into(),
+        ps_cfg.display().to_string(),
+        "--grpc-addr".into(),
+        grpc.clone(),
+        "--http-addr".into(),
+        "127.0.0.1:0".into(),
     ]);
-    wait_until(Duration::from_secs(120), "the worker to reach the PS", || http_get(&worker, "/readyz").0 == 200);
+    wait_until(
+        Duration::from_secs(120),
+        "the worker to reach the PS",
+        || http_get(&worker, "/readyz").0 == 200,
+    );
     wait_until(Duration::from_secs(120), "worker progress", || {
         get_json(&worker, "/v1/progress").1["samples"].as_u64() > Some(0)
     });
-    wait_until(Duration::from_secs(120), "the serving node to be ready", || http_get(&serve, "/readyz").0 == 200);
+    wait_until(
+        Duration::from_secs(120),
+        "the serving node to be ready",
+        || http_get(&serve, "/readyz").0 == 200,
+    );
 
     let progress = get_json(&worker, "/v1/progress").1;
     assert_eq!(progress["worker"], "0/1");
     assert!(progress["samples_per_sec"].as_f64().unwrap() > 0.0);
-    let tasks: Vec<&str> = progress["tasks"].as_array().unwrap().iter().map(|t| t["task"].as_str().unwrap()).collect();
+    let tasks: Vec<&str> = progress["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["task"].as_str().unwrap())
+        .collect();
     assert_eq!(tasks, ["click", "detail_click"]);
     let w = scrape(&worker);
     assert!(value(&w, "odl_trainer_samples_total", &[("worker", "0/1")]) > 0.0);
     assert!(value(&w, "odl_trainer_samples_per_second", &[("worker", "0/1")]) > 0.0);
-    value(&w, "odl_trainer_global_auc", &[("worker", "0/1"), ("task", "click")]);
-    value(&w, "odl_trainer_current_auc", &[("worker", "0/1"), ("task", "detail_click")]);
+    value(
+        &w,
+        "odl_trainer_global_auc",
+        &[("worker", "0/1"), ("task", "click")],
+    );
+    value(
+        &w,
+        "odl_trainer_current_auc",
+        &[("worker", "0/1"), ("task", "detail_click")],
+    );
     for kind in ["sparse", "dense"] {
         assert!(value(&w, "odl_trainer_pull_seconds_count", &[("kind", kind)]) > 0.0);
         assert!(value(&w, "odl_trainer_push_seconds_count", &[("kind", kind)]) > 0.0);
@@ -564,7 +776,15 @@ fn quality_matches_the_samples_of_a_deterministic_replay() {
     let dir = tempfile::tempdir().unwrap();
     let ev = dir.path().join("events.jsonl");
     assert!(Command::new(ODL)
-        .args(["simulate", "--seed", "5", "--events", "60000", "--out", ev.to_str().unwrap()])
+        .args([
+            "simulate",
+            "--seed",
+            "5",
+            "--events",
+            "60000",
+            "--out",
+            ev.to_str().unwrap()
+        ])
         .status()
         .unwrap()
         .success());
@@ -572,28 +792,51 @@ fn quality_matches_the_samples_of_a_deterministic_replay() {
     let cfg = odl_joiner::JoinerConfig::default();
     let mut source = odl_proto::stream::FileSource::open(ev.to_str().unwrap()).unwrap();
     let mut samples = odl_proto::stream::FileSink::create(out.to_str().unwrap()).unwrap();
-    let mut audit = odl_proto::stream::FileSink::create(dir.path().join("a.jsonl").to_str().unwrap()).unwrap();
+    let mut audit =
+        odl_proto::stream::FileSink::create(dir.path().join("a.jsonl").to_str().unwrap()).unwrap();
     let obs = odl_joiner::JoinerObservations::default();
-    let sinks = odl_joiner::service::Sinks { samples: &mut samples, audit: &mut audit, dead_letter: None };
-    let stats = odl_joiner::service::run_observed(&cfg, &mut source, sinks, Some(&obs), |_| Ok(())).unwrap();
+    let sinks = odl_joiner::service::Sinks {
+        samples: &mut samples,
+        audit: &mut audit,
+        dead_letter: None,
+    };
+    let stats = odl_joiner::service::run_observed(&cfg, &mut source, sinks, Some(&obs), |_| Ok(()))
+        .unwrap();
     let q = serde_json::to_value(obs.quality()).unwrap();
     assert_eq!(obs.stats(), stats);
 
     let text = std::fs::read_to_string(&out).unwrap();
-    let rows: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let rows: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(rows.len() as u64, stats.samples.emitted);
     assert!(rows.len() > 1000);
     for task in ["click", "detail_click"] {
         let positives = rows.iter().filter(|r| r["labels"][task] == 1).count();
         let want = positives as f64 / rows.len() as f64;
-        assert!((q["positive_rate"][task].as_f64().unwrap() - want).abs() < 1e-12, "{task}");
+        assert!(
+            (q["positive_rate"][task].as_f64().unwrap() - want).abs() < 1e-12,
+            "{task}"
+        );
     }
     for c in q["feature_coverage"].as_array().unwrap() {
         let field = c["field"].as_str().unwrap();
-        let carrying = rows.iter().filter(|r| r["features"].get(field).is_some()).count();
-        assert!((c["share"].as_f64().unwrap() - carrying as f64 / rows.len() as f64).abs() < 1e-12, "{field}");
+        let carrying = rows
+            .iter()
+            .filter(|r| r["features"].get(field).is_some())
+            .count();
+        assert!(
+            (c["share"].as_f64().unwrap() - carrying as f64 / rows.len() as f64).abs() < 1e-12,
+            "{field}"
+        );
     }
-    let device = q["feature_coverage"].as_array().unwrap().iter().find(|c| c["field"] == "device").unwrap();
+    let device = q["feature_coverage"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["field"] == "device")
+        .unwrap();
     let mut counts: BTreeMap<String, u64> = BTreeMap::new();
     for r in &rows {
         if let Some(d) = r["features"]["device"].as_str() {
@@ -604,11 +847,26 @@ fn quality_matches_the_samples_of_a_deterministic_replay() {
     let top = &device["top"][0];
     let best = counts.iter().max_by_key(|(_, n)| **n).unwrap();
     assert!(counts.len() <= 16);
-    assert_eq!((top["value"].as_str().unwrap(), top["count"].as_u64().unwrap()), (best.0.as_str(), *best.1));
+    assert_eq!(
+        (
+            top["value"].as_str().unwrap(),
+            top["count"].as_u64().unwrap()
+        ),
+        (best.0.as_str(), *best.1)
+    );
 
     let d = &q["label_delay"]["click"];
-    let joined: u64 = ["le_1s", "le_60s", "le_600s", "in_window"].iter().map(|b| d[b].as_u64().unwrap()).sum();
+    let joined: u64 = ["le_1s", "le_60s", "le_600s", "in_window"]
+        .iter()
+        .map(|b| d[b].as_u64().unwrap())
+        .sum();
     assert_eq!(joined, stats.click.joined);
-    assert_eq!(q["sample_delay_seconds"]["count"].as_u64(), Some(stats.samples.emitted));
-    assert_eq!(q["pending"], serde_json::json!({"exposures": 0, "clicks": 0, "detail_clicks": 0, "features": 0}));
+    assert_eq!(
+        q["sample_delay_seconds"]["count"].as_u64(),
+        Some(stats.samples.emitted)
+    );
+    assert_eq!(
+        q["pending"],
+        serde_json::json!({"exposures": 0, "clicks": 0, "detail_clicks": 0, "features": 0})
+    );
 }

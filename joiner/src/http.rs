@@ -77,7 +77,8 @@ impl JoinerObservations {
     /// Takes the operator's statistics, quality and state sizes (every stats interval
     /// and at the end). The first publish makes a starting joiner ready.
     pub fn publish(&self, joiner: &Joiner) {
-        let (stats, quality, pending) = (*joiner.stats(), joiner.quality().clone(), joiner.pending());
+        let (stats, quality, pending) =
+            (*joiner.stats(), joiner.quality().clone(), joiner.pending());
         let mut o = self.lock();
         o.stats = stats;
         o.quality = quality;
@@ -114,7 +115,10 @@ impl JoinerObservations {
 pub fn router(observations: JoinerObservations) -> Router {
     let mut registry = Registry::default();
     registry.register_collector(Box::new(JoinerCollector(observations.clone())));
-    let ctx = Ctx { observations, registry: Arc::new(registry) };
+    let ctx = Ctx {
+        observations,
+        registry: Arc::new(registry),
+    };
     Router::new()
         .route("/stats", get(stats))
         .route("/v1/quality", get(quality))
@@ -147,7 +151,11 @@ async fn ready(State(c): State<Ctx>) -> Response {
 }
 
 fn not_ready(reason: &str) -> Response {
-    (StatusCode::SERVICE_UNAVAILABLE, Json(serde_json::json!({"ready": false, "reason": reason}))).into_response()
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        Json(serde_json::json!({"ready": false, "reason": reason})),
+    )
+        .into_response()
 }
 
 async fn metrics(State(c): State<Ctx>) -> Response {
@@ -159,7 +167,11 @@ pub fn render_metrics(registry: &Registry) -> Response {
     let mut body = String::new();
     match prometheus_client::encoding::text::encode(&mut body, registry) {
         Ok(()) => ([(header::CONTENT_TYPE, METRICS_CONTENT_TYPE)], body).into_response(),
-        Err(_) => (StatusCode::INTERNAL_SERVER_ERROR, "encoding the metrics failed").into_response(),
+        Err(_) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "encoding the metrics failed",
+        )
+            .into_response(),
     }
 }
 
@@ -174,20 +186,34 @@ fn l(key: &'static str, value: &str) -> Labels {
 }
 
 /// One counter family.
-pub fn counters(enc: &mut DescriptorEncoder, name: &str, help: &str, series: &[(Labels, u64)]) -> fmt::Result {
+pub fn counters(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    series: &[(Labels, u64)],
+) -> fmt::Result {
     let mut m = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
     match series {
         [(labels, v)] if labels.is_empty() => ConstCounter::new(*v).encode(m),
-        _ => series.iter().try_for_each(|(labels, v)| ConstCounter::new(*v).encode(m.encode_family(labels)?)),
+        _ => series
+            .iter()
+            .try_for_each(|(labels, v)| ConstCounter::new(*v).encode(m.encode_family(labels)?)),
     }
 }
 
 /// One gauge family.
-pub fn gauges(enc: &mut DescriptorEncoder, name: &str, help: &str, series: &[(Labels, f64)]) -> fmt::Result {
+pub fn gauges(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    series: &[(Labels, f64)],
+) -> fmt::Result {
     let mut m = enc.encode_descriptor(name, help, None, MetricType::Gauge)?;
     match series {
         [(labels, v)] if labels.is_empty() => ConstGauge::new(*v).encode(m),
-        _ => series.iter().try_for_each(|(labels, v)| ConstGauge::new(*v).encode(m.encode_family(labels)?)),
+        _ => series
+            .iter()
+            .try_for_each(|(labels, v)| ConstGauge::new(*v).encode(m.encode_family(labels)?)),
     }
 }
 
@@ -195,13 +221,21 @@ pub fn gauges(enc: &mut DescriptorEncoder, name: &str, help: &str, series: &[(La
 /// upper bounds, the last +Inf)`.
 pub type HistogramSeries = (Labels, f64, Vec<(f64, u64)>);
 
-pub fn histograms(enc: &mut DescriptorEncoder, name: &str, help: &str, series: &[HistogramSeries]) -> fmt::Result {
+pub fn histograms(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    series: &[HistogramSeries],
+) -> fmt::Result {
     let mut m = enc.encode_descriptor(name, help, None, MetricType::Histogram)?;
     let count = |b: &[(f64, u64)]| b.iter().map(|x| x.1).sum();
     match series {
-        [(labels, sum, b)] if labels.is_empty() => m.encode_histogram::<NoLabelSet>(*sum, count(b), b, None),
+        [(labels, sum, b)] if labels.is_empty() => {
+            m.encode_histogram::<NoLabelSet>(*sum, count(b), b, None)
+        }
         _ => series.iter().try_for_each(|(labels, sum, b)| {
-            m.encode_family(labels)?.encode_histogram::<NoLabelSet>(*sum, count(b), b, None)
+            m.encode_family(labels)?
+                .encode_histogram::<NoLabelSet>(*sum, count(b), b, None)
         }),
     }
 }
@@ -210,38 +244,90 @@ impl Collector for JoinerCollector {
     fn encode(&self, mut enc: DescriptorEncoder) -> fmt::Result {
         let o = self.0.lock();
         let s = &o.stats;
-        let streams = [("exposure", s.exposure.received, s.exposure.late, s.exposure.joined, s.exposure.unjoined)]
-            .into_iter()
-            .chain([("click", &s.click), ("detail_click", &s.detail_click), ("feature", &s.feature)].map(
-                |(n, st)| (n, st.received, st.late, st.joined, st.unjoined),
-            ))
-            .collect::<Vec<_>>();
+        let streams = [(
+            "exposure",
+            s.exposure.received,
+            s.exposure.late,
+            s.exposure.joined,
+            s.exposure.unjoined,
+        )]
+        .into_iter()
+        .chain(
+            [
+                ("click", &s.click),
+                ("detail_click", &s.detail_click),
+                ("feature", &s.feature),
+            ]
+            .map(|(n, st)| (n, st.received, st.late, st.joined, st.unjoined)),
+        )
+        .collect::<Vec<_>>();
         let per = |f: fn(&(&str, u64, u64, u64, u64)) -> u64| {
-            streams.iter().map(|x| (l("stream", x.0), f(x))).collect::<Vec<_>>()
+            streams
+                .iter()
+                .map(|x| (l("stream", x.0), f(x)))
+                .collect::<Vec<_>>()
         };
-        counters(&mut enc, "odl_joiner_events_received", "Events read per stream.", &per(|x| x.1))?;
-        counters(&mut enc, "odl_joiner_events_late", "Events behind the watermark (dead letters).", &per(|x| x.2))?;
-        counters(&mut enc, "odl_joiner_events_joined", "Events that joined.", &per(|x| x.3))?;
-        counters(&mut enc, "odl_joiner_events_unjoined", "Events decided without a partner.", &per(|x| x.4))?;
+        counters(
+            &mut enc,
+            "odl_joiner_events_received",
+            "Events read per stream.",
+            &per(|x| x.1),
+        )?;
+        counters(
+            &mut enc,
+            "odl_joiner_events_late",
+            "Events behind the watermark (dead letters).",
+            &per(|x| x.2),
+        )?;
+        counters(
+            &mut enc,
+            "odl_joiner_events_joined",
+            "Events that joined.",
+            &per(|x| x.3),
+        )?;
+        counters(
+            &mut enc,
+            "odl_joiner_events_unjoined",
+            "Events decided without a partner.",
+            &per(|x| x.4),
+        )?;
         counters(
             &mut enc,
             "odl_joiner_events_duplicate",
             "Exposures of a key already held.",
             &[(l("stream", "exposure"), s.exposure.duplicate)],
         )?;
-        counters(&mut enc, "odl_joiner_malformed", "Lines that are no event.", &[(vec![], s.malformed)])?;
-        counters(&mut enc, "odl_joiner_samples_emitted", "Samples written.", &[(vec![], s.samples.emitted)])?;
-        counters(&mut enc, "odl_joiner_samples_audited", "Samples also written to the audit sink.", &[(
-            vec![],
-            s.samples.audited,
-        )])?;
+        counters(
+            &mut enc,
+            "odl_joiner_malformed",
+            "Lines that are no event.",
+            &[(vec![], s.malformed)],
+        )?;
+        counters(
+            &mut enc,
+            "odl_joiner_samples_emitted",
+            "Samples written.",
+            &[(vec![], s.samples.emitted)],
+        )?;
+        counters(
+            &mut enc,
+            "odl_joiner_samples_audited",
+            "Samples also written to the audit sink.",
+            &[(vec![], s.samples.audited)],
+        )?;
         let q = &o.quality;
-        let delays = [("click", &q.click_delay), ("detail_click", &q.detail_click_delay)];
+        let delays = [
+            ("click", &q.click_delay),
+            ("detail_click", &q.detail_click_delay),
+        ];
         let label_series: Vec<HistogramSeries> = delays
             .iter()
             .map(|(name, d)| {
-                let mut buckets: Vec<(f64, u64)> =
-                    LABEL_DELAY_BOUNDS_MS.iter().zip(d.buckets).map(|(b, n)| (*b as f64 / 1000.0, n)).collect();
+                let mut buckets: Vec<(f64, u64)> = LABEL_DELAY_BOUNDS_MS
+                    .iter()
+                    .zip(d.buckets)
+                    .map(|(b, n)| (*b as f64 / 1000.0, n))
+                    .collect();
                 buckets.push((f64::INFINITY, d.buckets[5]));
                 (l("label", name), d.sum_seconds, buckets)
             })
@@ -286,15 +372,34 @@ impl Collector for JoinerCollector {
                 (l("task", "detail_click"), report.positive_rate.detail_click),
             ],
         )?;
-        let coverage: Vec<(Labels, f64)> =
-            report.feature_coverage.iter().map(|c| (l("field", &c.field), c.share)).collect();
-        gauges(&mut enc, "odl_joiner_feature_coverage_ratio", "Share of samples carrying the field.", &coverage)?;
-        let lag: Vec<(Labels, f64)> = o.consumer_lag.iter().map(|(t, n)| (l("topic", t), *n as f64)).collect();
-        gauges(&mut enc, "odl_joiner_consumer_lag_messages", "Messages behind the high watermark per topic.", &lag)?;
-        gauges(&mut enc, "odl_joiner_ready", "1 when /readyz answers 200.", &[(
-            vec![],
-            (o.readiness == Readiness::Ready) as u8 as f64,
-        )])?;
+        let coverage: Vec<(Labels, f64)> = report
+            .feature_coverage
+            .iter()
+            .map(|c| (l("field", &c.field), c.share))
+            .collect();
+        gauges(
+            &mut enc,
+            "odl_joiner_feature_coverage_ratio",
+            "Share of samples carrying the field.",
+            &coverage,
+        )?;
+        let lag: Vec<(Labels, f64)> = o
+            .consumer_lag
+            .iter()
+            .map(|(t, n)| (l("topic", t), *n as f64))
+            .collect();
+        gauges(
+            &mut enc,
+            "odl_joiner_consumer_lag_messages",
+            "Messages behind the high watermark per topic.",
+            &lag,
+        )?;
+        gauges(
+            &mut enc,
+            "odl_joiner_ready",
+            "1 when /readyz answers 200.",
+            &[(vec![], (o.readiness == Readiness::Ready) as u8 as f64)],
+        )?;
         Ok(())
     }
 }

@@ -21,8 +21,9 @@ use std::collections::BTreeMap;
 pub const LABEL_DELAY_BOUNDS_MS: [i64; 5] = [1_000, 10_000, 60_000, 300_000, 600_000];
 
 /// Upper bounds (s) of the sample-delay histogram of `/metrics`.
-pub const SAMPLE_DELAY_BOUNDS_S: [f64; 11] =
-    [1.0, 10.0, 60.0, 120.0, 300.0, 600.0, 630.0, 660.0, 900.0, 1800.0, 3600.0];
+pub const SAMPLE_DELAY_BOUNDS_S: [f64; 11] = [
+    1.0, 10.0, 60.0, 120.0, 300.0, 600.0, 630.0, 660.0, 900.0, 1800.0, 3600.0,
+];
 
 /// Fields tracked for coverage; further field names are ignored (a stream with
 /// unbounded field names must not grow the joiner's memory).
@@ -46,7 +47,10 @@ pub struct LabelDelay {
 impl LabelDelay {
     fn joined(&mut self, delay_ms: i64) {
         let delay_ms = delay_ms.max(0);
-        let i = LABEL_DELAY_BOUNDS_MS.iter().position(|&b| delay_ms <= b).unwrap_or(5);
+        let i = LABEL_DELAY_BOUNDS_MS
+            .iter()
+            .position(|&b| delay_ms <= b)
+            .unwrap_or(5);
         self.buckets[i] += 1;
         self.sum_seconds += delay_ms as f64 / 1000.0;
     }
@@ -95,7 +99,10 @@ impl TopValues {
         v.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
         v.into_iter()
             .take(TOP_REPORTED)
-            .map(|(value, count)| ValueCount { value: value.clone(), count: *count })
+            .map(|(value, count)| ValueCount {
+                value: value.clone(),
+                count: *count,
+            })
             .collect()
     }
 }
@@ -176,7 +183,14 @@ impl Quality {
 
     /// A sample left the joiner: exposure at `ts`, watermark `watermark`, its labels
     /// and its raw feature object.
-    pub fn sample(&mut self, ts: i64, watermark: i64, click: bool, detail_click: bool, features: &[u8]) {
+    pub fn sample(
+        &mut self,
+        ts: i64,
+        watermark: i64,
+        click: bool,
+        detail_click: bool,
+        features: &[u8],
+    ) {
         self.samples += 1;
         self.click_positive += click as u64;
         self.detail_click_positive += detail_click as u64;
@@ -196,7 +210,8 @@ impl Quality {
                 continue;
             }
             if !self.fields.contains_key(name.as_ref()) && self.fields.len() < MAX_FIELDS {
-                self.fields.insert(name.to_string(), FieldCoverage::default());
+                self.fields
+                    .insert(name.to_string(), FieldCoverage::default());
             }
             let Some(field) = self.fields.get_mut(name.as_ref()) else {
                 continue;
@@ -208,7 +223,13 @@ impl Quality {
 
     /// The JSON of `/v1/quality`, with the operator's pending sizes and the source's lag.
     pub fn report(&self, pending: Pending, consumer_lag: &BTreeMap<String, u64>) -> QualityReport {
-        let rate = |n: u64| if self.samples == 0 { 0.0 } else { n as f64 / self.samples as f64 };
+        let rate = |n: u64| {
+            if self.samples == 0 {
+                0.0
+            } else {
+                n as f64 / self.samples as f64
+            }
+        };
         let q = |p: f64| self.sample_delay.value_at_quantile(p) as f64 / 1000.0;
         let count = self.sample_delay.len();
         QualityReport {
@@ -231,7 +252,11 @@ impl Quality {
                 .iter()
                 .map(|(field, c)| Coverage {
                     field: field.clone(),
-                    share: if self.inspected == 0 { 0.0 } else { c.present as f64 / self.inspected as f64 },
+                    share: if self.inspected == 0 {
+                        0.0
+                    } else {
+                        c.present as f64 / self.inspected as f64
+                    },
                     top: c.top.top(),
                 })
                 .collect(),

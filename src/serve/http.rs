@@ -54,15 +54,34 @@ pub fn router(node: Arc<Node>) -> Router {
         errors: Family::default(),
     });
     let mut registry = Registry::default();
-    registry.register("odl_serve_predict_seconds", "Predict request latency.", metrics.latency.clone());
-    registry.register("odl_serve_predictions", "Predict requests answered with predictions.", metrics.predictions.clone());
-    registry.register("odl_serve_predict_errors", "Predict requests answered with an error, by HTTP code.", metrics.errors.clone());
+    registry.register(
+        "odl_serve_predict_seconds",
+        "Predict request latency.",
+        metrics.latency.clone(),
+    );
+    registry.register(
+        "odl_serve_predictions",
+        "Predict requests answered with predictions.",
+        metrics.predictions.clone(),
+    );
+    registry.register(
+        "odl_serve_predict_errors",
+        "Predict requests answered with an error, by HTTP code.",
+        metrics.errors.clone(),
+    );
     registry.register_collector(Box::new(NodeCollector(node.clone())));
-    let ctx = Ctx { node, metrics, registry: Arc::new(registry) };
+    let ctx = Ctx {
+        node,
+        metrics,
+        registry: Arc::new(registry),
+    };
     Router::new()
         .route("/v1/models/{spec}", get(status).post(predict))
         .route("/v1/node", get(node_json))
-        .route("/metrics", get(|State(c): State<Ctx>| async move { metrics::render(&c.registry) }))
+        .route(
+            "/metrics",
+            get(|State(c): State<Ctx>| async move { metrics::render(&c.registry) }),
+        )
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
         .with_state(ctx)
@@ -71,14 +90,20 @@ pub fn router(node: Arc<Node>) -> Router {
 /// Ready once a version with a model is applied: before that every predict is a 503.
 async fn ready(State(node): State<Arc<Node>>) -> Response {
     match node.current() {
-        Some(v) if v.model.is_some() => axum::Json(json!({"ready": true, "version": v.version.0})).into_response(),
+        Some(v) if v.model.is_some() => {
+            axum::Json(json!({"ready": true, "version": v.version.0})).into_response()
+        }
         Some(_) => not_ready("no model config received yet"),
         None => not_ready("no version applied yet"),
     }
 }
 
 fn not_ready(reason: &str) -> Response {
-    (StatusCode::SERVICE_UNAVAILABLE, axum::Json(json!({"ready": false, "reason": reason}))).into_response()
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        axum::Json(json!({"ready": false, "reason": reason})),
+    )
+        .into_response()
 }
 
 async fn node_json(State(c): State<Ctx>) -> Response {
@@ -113,7 +138,10 @@ async fn predict(State(c): State<Ctx>, path: Path<String>, body: Bytes) -> Respo
             c.metrics.predictions.inc();
         }
         s => {
-            c.metrics.errors.get_or_create(&code_labels(s.as_u16())).inc();
+            c.metrics
+                .errors
+                .get_or_create(&code_labels(s.as_u16()))
+                .inc();
         }
     }
     r
@@ -124,7 +152,9 @@ struct NodeCollector(Arc<Node>);
 
 impl std::fmt::Debug for NodeCollector {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_tuple("NodeCollector").field(&self.0.node_id).finish()
+        f.debug_tuple("NodeCollector")
+            .field(&self.0.node_id)
+            .finish()
     }
 }
 
@@ -137,11 +167,36 @@ impl Collector for NodeCollector {
         let version = current.as_ref().map_or(0.0, |v| v.version.0 as f64);
         let rows = current.as_ref().map_or(0.0, |v| v.rows() as f64);
         let ready = current.as_ref().is_some_and(|v| v.model.is_some());
-        metrics::gauges(&mut enc, "odl_serve_version", "Version served (0: none yet).", &[(l.clone(), version)])?;
-        metrics::gauges(&mut enc, "odl_serve_lag_versions", "Versions the node is behind the PS.", &[(l.clone(), lag.versions as f64)])?;
-        metrics::gauges(&mut enc, "odl_serve_lag_seconds", "Age of the served version against the PS's newest.", &[(l.clone(), lag.seconds)])?;
-        metrics::gauges(&mut enc, "odl_serve_rows", "Sparse rows of the served version.", &[(l.clone(), rows)])?;
-        metrics::gauges(&mut enc, "odl_serve_ready", "1 when /readyz answers 200.", &[(l, ready as u8 as f64)])?;
+        metrics::gauges(
+            &mut enc,
+            "odl_serve_version",
+            "Version served (0: none yet).",
+            &[(l.clone(), version)],
+        )?;
+        metrics::gauges(
+            &mut enc,
+            "odl_serve_lag_versions",
+            "Versions the node is behind the PS.",
+            &[(l.clone(), lag.versions as f64)],
+        )?;
+        metrics::gauges(
+            &mut enc,
+            "odl_serve_lag_seconds",
+            "Age of the served version against the PS's newest.",
+            &[(l.clone(), lag.seconds)],
+        )?;
+        metrics::gauges(
+            &mut enc,
+            "odl_serve_rows",
+            "Sparse rows of the served version.",
+            &[(l.clone(), rows)],
+        )?;
+        metrics::gauges(
+            &mut enc,
+            "odl_serve_ready",
+            "1 when /readyz answers 200.",
+            &[(l, ready as u8 as f64)],
+        )?;
         Ok(())
     }
 }
@@ -205,7 +260,11 @@ async fn status(State(node): State<Arc<Node>>, Path(spec): Path<String>) -> Resp
     }
 }
 
-async fn predict_once(State(node): State<Arc<Node>>, Path(spec): Path<String>, body: Bytes) -> Response {
+async fn predict_once(
+    State(node): State<Arc<Node>>,
+    Path(spec): Path<String>,
+    body: Bytes,
+) -> Response {
     let Some(name) = spec.strip_suffix(":predict") else {
         return error(
             StatusCode::NOT_FOUND,

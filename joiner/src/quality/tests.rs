@@ -10,7 +10,10 @@ fn label_delays_fall_in_exactly_one_bucket() {
     q.label_joined(true, 5_000);
     let r = q.report(Pending::default(), &BTreeMap::new());
     let c = r.label_delay.click;
-    assert_eq!((c.le_1s, c.le_60s, c.le_600s, c.in_window, c.past_window), (2, 2, 2, 2, 1));
+    assert_eq!(
+        (c.le_1s, c.le_60s, c.le_600s, c.in_window, c.past_window),
+        (2, 2, 2, 2, 1)
+    );
     assert_eq!(q.click_delay.joined_count(), 8);
     assert_eq!(r.label_delay.detail_click.le_60s, 1);
 }
@@ -27,12 +30,26 @@ fn positive_rate_sample_delay_and_coverage() {
     assert_eq!(r.positive_rate.click, 0.5);
     assert_eq!(r.positive_rate.detail_click, 0.25);
     assert_eq!(r.sample_delay_seconds.count, 4);
-    assert!((r.sample_delay_seconds.p50 - 630.0).abs() < 630.0 * 0.02, "{:?}", r.sample_delay_seconds);
-    let cov: BTreeMap<_, _> = r.feature_coverage.iter().map(|c| (c.field.as_str(), c)).collect();
+    assert!(
+        (r.sample_delay_seconds.p50 - 630.0).abs() < 630.0 * 0.02,
+        "{:?}",
+        r.sample_delay_seconds
+    );
+    let cov: BTreeMap<_, _> = r
+        .feature_coverage
+        .iter()
+        .map(|c| (c.field.as_str(), c))
+        .collect();
     assert!(!cov.contains_key("click_label"));
     assert_eq!(cov["user_id"].share, 1.0);
     assert!((cov["hour"].share - 1.0 / 3.0).abs() < 1e-12);
-    assert_eq!(cov["user_id"].top[0], ValueCount { value: "u1".into(), count: 2 });
+    assert_eq!(
+        cov["user_id"].top[0],
+        ValueCount {
+            value: "u1".into(),
+            count: 2
+        }
+    );
     assert_eq!(cov["user_id"].top[1].value, "u\"2");
     let tags: Vec<&str> = cov["tags"].top.iter().map(|v| v.value.as_str()).collect();
     assert_eq!(tags, ["a", "b"]);
@@ -50,8 +67,15 @@ fn memory_stays_bounded() {
         q.sample(0, 0, false, false, f.as_bytes());
     }
     assert_eq!(q.fields.len(), MAX_FIELDS);
-    assert!(q.fields.values().all(|f| f.top.candidates.len() <= TOP_CAPACITY));
-    assert!(q.fields.values().flat_map(|f| &f.top.candidates).all(|(v, _)| v.len() <= MAX_VALUE_BYTES));
+    assert!(q
+        .fields
+        .values()
+        .all(|f| f.top.candidates.len() <= TOP_CAPACITY));
+    assert!(q
+        .fields
+        .values()
+        .flat_map(|f| &f.top.candidates)
+        .all(|(v, _)| v.len() <= MAX_VALUE_BYTES));
     assert_eq!(q.fields["v"].present, 10_000);
 }
 
@@ -60,7 +84,13 @@ fn space_saving_keeps_the_heavy_hitters() {
     let mut t = TopValues::default();
     for i in 0..5_000u32 {
         let cold = i.to_string();
-        t.observe(if i % 2 == 0 { "hot" } else if i % 5 == 0 { "warm" } else { &cold });
+        t.observe(if i % 2 == 0 {
+            "hot"
+        } else if i % 5 == 0 {
+            "warm"
+        } else {
+            &cold
+        });
     }
     let top = t.top();
     assert_eq!(top[0].value, "hot");
@@ -81,10 +111,26 @@ fn the_operator_feeds_it_consistently_with_the_stats() {
     for l in &lines[..4] {
         j.push(l.as_bytes());
     }
-    assert_eq!(j.pending(), Pending { exposures: 1, clicks: 0, detail_clicks: 0, features: 1 });
+    assert_eq!(
+        j.pending(),
+        Pending {
+            exposures: 1,
+            clicks: 0,
+            detail_clicks: 0,
+            features: 1
+        }
+    );
     j.push(lines[4].as_bytes());
     // The watermark passed the exposure's window: the sample left, the detail click waits.
-    assert_eq!(j.pending(), Pending { exposures: 0, clicks: 0, detail_clicks: 1, features: 0 });
+    assert_eq!(
+        j.pending(),
+        Pending {
+            exposures: 0,
+            clicks: 0,
+            detail_clicks: 1,
+            features: 0
+        }
+    );
     j.finish();
     j.drain_ready(|_| Ok::<_, ()>(())).unwrap();
     let (s, q) = (j.stats(), j.quality());

@@ -40,7 +40,12 @@ pub fn router(
         .route("/v1/shard", get(shard_json))
         .route("/v1/progress", get(progress))
         .route("/metrics", get(metrics_text))
-        .with_state(Ctx { store, shard, publisher, registry })
+        .with_state(Ctx {
+            store,
+            shard,
+            publisher,
+            registry,
+        })
 }
 
 async fn progress(State(c): State<Ctx>) -> Json<Value> {

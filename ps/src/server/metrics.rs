@@ -64,25 +64,45 @@ impl Drop for Timed {
 }
 
 /// One counter family (`_total` is appended to `name`).
-pub fn counters(enc: &mut DescriptorEncoder, name: &str, help: &str, series: &[(Labels, u64)]) -> fmt::Result {
+pub fn counters(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    series: &[(Labels, u64)],
+) -> fmt::Result {
     let mut m = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
     match series {
         [(l, v)] if l.is_empty() => ConstCounter::new(*v).encode(m),
-        _ => series.iter().try_for_each(|(l, v)| ConstCounter::new(*v).encode(m.encode_family(l)?)),
+        _ => series
+            .iter()
+            .try_for_each(|(l, v)| ConstCounter::new(*v).encode(m.encode_family(l)?)),
     }
 }
 
 /// One gauge family.
-pub fn gauges(enc: &mut DescriptorEncoder, name: &str, help: &str, series: &[(Labels, f64)]) -> fmt::Result {
+pub fn gauges(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    series: &[(Labels, f64)],
+) -> fmt::Result {
     let mut m = enc.encode_descriptor(name, help, None, MetricType::Gauge)?;
     match series {
         [(l, v)] if l.is_empty() => ConstGauge::new(*v).encode(m),
-        _ => series.iter().try_for_each(|(l, v)| ConstGauge::new(*v).encode(m.encode_family(l)?)),
+        _ => series
+            .iter()
+            .try_for_each(|(l, v)| ConstGauge::new(*v).encode(m.encode_family(l)?)),
     }
 }
 
 /// One histogram from per-bucket counts (upper bound, count; the last bound +Inf).
-pub fn histogram(enc: &mut DescriptorEncoder, name: &str, help: &str, sum: f64, buckets: &[(f64, u64)]) -> fmt::Result {
+pub fn histogram(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    sum: f64,
+    buckets: &[(f64, u64)],
+) -> fmt::Result {
     let mut m = enc.encode_descriptor(name, help, None, MetricType::Histogram)?;
     let count = buckets.iter().map(|b| b.1).sum();
     m.encode_histogram::<NoLabelSet>(sum, count, buckets, None)
@@ -93,7 +113,11 @@ pub fn render(registry: &Registry) -> Response {
     let mut body = String::new();
     match prometheus_client::encoding::text::encode(&mut body, registry) {
         Ok(()) => ([(header::CONTENT_TYPE, CONTENT_TYPE)], body).into_response(),
-        Err(_) => (StatusCode::INTERNAL_SERVER_ERROR, "encoding the metrics failed").into_response(),
+        Err(_) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "encoding the metrics failed",
+        )
+            .into_response(),
     }
 }
 
@@ -106,7 +130,10 @@ pub struct PsMetrics {
 
 impl Default for PsMetrics {
     fn default() -> Self {
-        PsMetrics { pull: latency_family(), push: latency_family() }
+        PsMetrics {
+            pull: latency_family(),
+            push: latency_family(),
+        }
     }
 }
 
@@ -119,9 +146,21 @@ impl PsMetrics {
         publisher: Option<Arc<Publisher>>,
     ) -> Registry {
         let mut r = Registry::default();
-        r.register("odl_ps_pull_seconds", "Pull request latency on the shard, by kind (sparse, dense).", self.pull.clone());
-        r.register("odl_ps_push_seconds", "Push request latency on the shard, by kind (sparse, dense).", self.push.clone());
-        r.register_collector(Box::new(ShardCollector { store, shard, publisher }));
+        r.register(
+            "odl_ps_pull_seconds",
+            "Pull request latency on the shard, by kind (sparse, dense).",
+            self.pull.clone(),
+        );
+        r.register(
+            "odl_ps_push_seconds",
+            "Push request latency on the shard, by kind (sparse, dense).",
+            self.push.clone(),
+        );
+        r.register_collector(Box::new(ShardCollector {
+            store,
+            shard,
+            publisher,
+        }));
         r
     }
 }
@@ -134,7 +173,9 @@ struct ShardCollector {
 
 impl fmt::Debug for ShardCollector {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ShardCollector").field("shard", &self.shard.index).finish()
+        f.debug_struct("ShardCollector")
+            .field("shard", &self.shard.index)
+            .finish()
     }
 }
 
@@ -148,40 +189,92 @@ impl Collector for ShardCollector {
                 .map(|t| (labels(&[("shard", &shard), ("table", &t.name)]), f(t)))
                 .collect::<Vec<_>>()
         };
-        gauges(&mut enc, "odl_ps_rows", "Sparse rows held, per table.", &per_table(|t| t.rows as f64))?;
-        gauges(&mut enc, "odl_ps_table_bytes", "Heap bytes of a sparse table.", &per_table(|t| t.heap_bytes as f64))?;
+        gauges(
+            &mut enc,
+            "odl_ps_rows",
+            "Sparse rows held, per table.",
+            &per_table(|t| t.rows as f64),
+        )?;
+        gauges(
+            &mut enc,
+            "odl_ps_table_bytes",
+            "Heap bytes of a sparse table.",
+            &per_table(|t| t.heap_bytes as f64),
+        )?;
         let sh = labels(&[("shard", &shard)]);
-        gauges(&mut enc, "odl_ps_heap_bytes", "Heap bytes of the shard's parameters.", &[(
-            sh.clone(),
-            self.store.heap_bytes() as f64,
-        )])?;
-        gauges(&mut enc, "odl_ps_workers", "Workers that reported progress.", &[(sh.clone(), self.store.workers() as f64)])?;
+        gauges(
+            &mut enc,
+            "odl_ps_heap_bytes",
+            "Heap bytes of the shard's parameters.",
+            &[(sh.clone(), self.store.heap_bytes() as f64)],
+        )?;
+        gauges(
+            &mut enc,
+            "odl_ps_workers",
+            "Workers that reported progress.",
+            &[(sh.clone(), self.store.workers() as f64)],
+        )?;
         let p = self.store.merged_progress();
-        counters(&mut enc, "odl_ps_samples_trained", "Samples trained, as the workers report them.", &[(sh, p.samples)])?;
+        counters(
+            &mut enc,
+            "odl_ps_samples_trained",
+            "Samples trained, as the workers report them.",
+            &[(sh, p.samples)],
+        )?;
         let per_task = |f: fn(&odl_proto::params::TaskProgress) -> f64| {
-            p.tasks.iter().map(|t| (labels(&[("task", &t.task)]), f(t))).collect::<Vec<_>>()
+            p.tasks
+                .iter()
+                .map(|t| (labels(&[("task", &t.task)]), f(t)))
+                .collect::<Vec<_>>()
         };
-        gauges(&mut enc, "odl_ps_global_auc", "Streaming AUC since start, per task (the gate's input).", &per_task(|t| t.global_auc))?;
-        gauges(&mut enc, "odl_ps_current_auc", "Streaming AUC over the recent window, per task.", &per_task(|t| t.current_auc))?;
+        gauges(
+            &mut enc,
+            "odl_ps_global_auc",
+            "Streaming AUC since start, per task (the gate's input).",
+            &per_task(|t| t.global_auc),
+        )?;
+        gauges(
+            &mut enc,
+            "odl_ps_current_auc",
+            "Streaming AUC over the recent window, per task.",
+            &per_task(|t| t.current_auc),
+        )?;
         if let Some(publisher) = &self.publisher {
             let c = publisher.config();
-            gauges(&mut enc, "odl_ps_gate_auc_threshold", "AUC a version must reach to be published.", &[
-                (labels(&[("gate", "global")]), c.global_auc_threshold),
-                (labels(&[("gate", "current")]), c.current_auc_threshold),
-            ])?;
+            gauges(
+                &mut enc,
+                "odl_ps_gate_auc_threshold",
+                "AUC a version must reach to be published.",
+                &[
+                    (labels(&[("gate", "global")]), c.global_auc_threshold),
+                    (labels(&[("gate", "current")]), c.current_auc_threshold),
+                ],
+            )?;
             // A storage error leaves the series out of this scrape rather than failing it.
             if let Ok(list) = publisher.registry().list() {
                 let mut by_status: BTreeMap<String, u64> =
-                    ["PUSH_ONLINE", "FINISHED", "SWITCH_TIMEOUT", "SKIPPED"].iter().map(|s| (s.to_string(), 0)).collect();
+                    ["PUSH_ONLINE", "FINISHED", "SWITCH_TIMEOUT", "SKIPPED"]
+                        .iter()
+                        .map(|s| (s.to_string(), 0))
+                        .collect();
                 for v in &list {
-                    let s = serde_json::to_value(v.status).ok().and_then(|s| s.as_str().map(str::to_string));
+                    let s = serde_json::to_value(v.status)
+                        .ok()
+                        .and_then(|s| s.as_str().map(str::to_string));
                     *by_status.entry(s.unwrap_or_default()).or_default() += 1;
                 }
-                let series: Vec<(Labels, f64)> =
-                    by_status.iter().map(|(s, n)| (labels(&[("status", s)]), *n as f64)).collect();
+                let series: Vec<(Labels, f64)> = by_status
+                    .iter()
+                    .map(|(s, n)| (labels(&[("status", s)]), *n as f64))
+                    .collect();
                 gauges(&mut enc, "odl_ps_versions", "Versions by status.", &series)?;
                 let latest = list.iter().map(|v| v.version.0).max().unwrap_or(0);
-                gauges(&mut enc, "odl_ps_latest_version", "Newest version number.", &[(vec![], latest as f64)])?;
+                gauges(
+                    &mut enc,
+                    "odl_ps_latest_version",
+                    "Newest version number.",
+                    &[(vec![], latest as f64)],
+                )?;
             }
         }
         Ok(())

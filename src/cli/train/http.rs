@@ -64,8 +64,14 @@ impl WorkerObservations {
 
     fn progress(&self) -> (TrainProgress, f64) {
         let s = self.lock();
-        let secs = s.reported.map_or(0.0, |t| t.duration_since(self.started).as_secs_f64());
-        let rate = if secs > 0.0 { s.progress.samples as f64 / secs } else { 0.0 };
+        let secs = s
+            .reported
+            .map_or(0.0, |t| t.duration_since(self.started).as_secs_f64());
+        let rate = if secs > 0.0 {
+            s.progress.samples as f64 / secs
+        } else {
+            0.0
+        };
         (s.progress.clone(), rate)
     }
 
@@ -131,28 +137,46 @@ struct Ctx {
 
 pub fn router(obs: Arc<WorkerObservations>) -> Router {
     let mut registry = Registry::default();
-    registry.register("odl_trainer_pull_seconds", "Pull latency seen by the worker, by kind (sparse, dense).", obs.pull.clone());
-    registry.register("odl_trainer_push_seconds", "Push latency seen by the worker, by kind (sparse, dense).", obs.push.clone());
+    registry.register(
+        "odl_trainer_pull_seconds",
+        "Pull latency seen by the worker, by kind (sparse, dense).",
+        obs.pull.clone(),
+    );
+    registry.register(
+        "odl_trainer_push_seconds",
+        "Push latency seen by the worker, by kind (sparse, dense).",
+        obs.push.clone(),
+    );
     registry.register_collector(Box::new(WorkerCollector(obs.clone())));
     Router::new()
         .route("/v1/progress", get(progress))
-        .route("/metrics", get(|State(c): State<Ctx>| async move { metrics::render(&c.registry) }))
+        .route(
+            "/metrics",
+            get(|State(c): State<Ctx>| async move { metrics::render(&c.registry) }),
+        )
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
-        .with_state(Ctx { obs, registry: Arc::new(registry) })
+        .with_state(Ctx {
+            obs,
+            registry: Arc::new(registry),
+        })
 }
 
 async fn progress(State(c): State<Ctx>) -> Json<serde_json::Value> {
     let (p, rate) = c.obs.progress();
-    Json(json!({"worker": c.obs.worker, "samples": p.samples, "samples_per_sec": rate, "tasks": p.tasks}))
+    Json(
+        json!({"worker": c.obs.worker, "samples": p.samples, "samples_per_sec": rate, "tasks": p.tasks}),
+    )
 }
 
 async fn ready(State(c): State<Ctx>) -> Response {
     match c.obs.lock().ready.clone() {
         Ok(()) => Json(json!({"ready": true})).into_response(),
-        Err(reason) => {
-            (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"ready": false, "reason": reason}))).into_response()
-        }
+        Err(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"ready": false, "reason": reason})),
+        )
+            .into_response(),
     }
 }
 
@@ -160,7 +184,9 @@ struct WorkerCollector(Arc<WorkerObservations>);
 
 impl std::fmt::Debug for WorkerCollector {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_tuple("WorkerCollector").field(&self.0.worker).finish()
+        f.debug_tuple("WorkerCollector")
+            .field(&self.0.worker)
+            .finish()
     }
 }
 
@@ -169,18 +195,43 @@ impl Collector for WorkerCollector {
         let o = &self.0;
         let (p, rate) = o.progress();
         let w = o.worker_labels();
-        metrics::counters(&mut enc, "odl_trainer_samples", "Samples trained by this worker.", &[(w.clone(), p.samples)])?;
-        metrics::gauges(&mut enc, "odl_trainer_samples_per_second", "Samples per second since start.", &[(w.clone(), rate)])?;
+        metrics::counters(
+            &mut enc,
+            "odl_trainer_samples",
+            "Samples trained by this worker.",
+            &[(w.clone(), p.samples)],
+        )?;
+        metrics::gauges(
+            &mut enc,
+            "odl_trainer_samples_per_second",
+            "Samples per second since start.",
+            &[(w.clone(), rate)],
+        )?;
         let per_task = |f: fn(&params::TaskProgress) -> f64| {
             p.tasks
                 .iter()
                 .map(|t| (labels(&[("worker", &o.worker), ("task", &t.task)]), f(t)))
                 .collect::<Vec<_>>()
         };
-        metrics::gauges(&mut enc, "odl_trainer_global_auc", "Streaming AUC since start, per task.", &per_task(|t| t.global_auc))?;
-        metrics::gauges(&mut enc, "odl_trainer_current_auc", "Streaming AUC over the recent window, per task.", &per_task(|t| t.current_auc))?;
+        metrics::gauges(
+            &mut enc,
+            "odl_trainer_global_auc",
+            "Streaming AUC since start, per task.",
+            &per_task(|t| t.global_auc),
+        )?;
+        metrics::gauges(
+            &mut enc,
+            "odl_trainer_current_auc",
+            "Streaming AUC over the recent window, per task.",
+            &per_task(|t| t.current_auc),
+        )?;
         let ready = o.lock().ready.is_ok();
-        metrics::gauges(&mut enc, "odl_trainer_ready", "1 when /readyz answers 200.", &[(w, ready as u8 as f64)])?;
+        metrics::gauges(
+            &mut enc,
+            "odl_trainer_ready",
+            "1 when /readyz answers 200.",
+            &[(w, ready as u8 as f64)],
+        )?;
         Ok(())
     }
 }
