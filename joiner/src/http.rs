@@ -403,3 +403,49 @@ impl Collector for JoinerCollector {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn readiness_starts_false_and_a_reason_set_by_the_source_sticks() {
+        let obs = JoinerObservations::default();
+        assert_eq!(obs.readiness(), Readiness::Starting);
+        let mut j = Joiner::new(&crate::JoinerConfig::default());
+        obs.publish(&j);
+        assert_eq!(obs.readiness(), Readiness::Ready);
+        obs.set_readiness(Readiness::NotReady("broker unreachable".into()));
+        j.push(br#"{"stream":"click","pv_id":"p","item_id":"i","ts":5}"#);
+        obs.publish(&j);
+        assert_eq!(
+            obs.readiness(),
+            Readiness::NotReady("broker unreachable".into())
+        );
+        assert_eq!(obs.stats().click.received, 1);
+    }
+
+    #[test]
+    fn metrics_render_the_published_snapshot() {
+        let obs = JoinerObservations::default();
+        let mut j = Joiner::new(&crate::JoinerConfig::default());
+        j.push(b"not an event");
+        obs.publish(&j);
+        obs.set_consumer_lag(BTreeMap::from([("clicks".to_string(), 7)]));
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(JoinerCollector(obs.clone())));
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        assert!(text.contains("\nodl_joiner_malformed_total 1\n"), "{text}");
+        assert!(
+            text.contains("odl_joiner_consumer_lag_messages{topic=\"clicks\"} 7.0\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("odl_joiner_label_delay_seconds_bucket{le=\"+Inf\",label=\"click\"} 0\n"),
+            "{text}"
+        );
+        assert!(text.ends_with("# EOF\n"));
+        assert_eq!(obs.quality().consumer_lag["clicks"], 7);
+    }
+}

@@ -266,3 +266,36 @@ pub fn spawn(addr: &str, obs: Arc<WorkerObservations>) -> Option<tokio::runtime:
     });
     Some(rt)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_taken_or_empty_address_means_no_server_and_no_failure() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = taken.local_addr().unwrap().to_string();
+        assert!(spawn(&addr, WorkerObservations::new("0/1".into())).is_none());
+        assert!(spawn("", WorkerObservations::new("0/1".into())).is_none());
+        assert!(spawn("127.0.0.1:0", WorkerObservations::new("0/1".into())).is_some());
+    }
+
+    #[test]
+    fn readiness_and_progress_follow_the_store() {
+        let obs = WorkerObservations::new("1/2".into());
+        assert!(obs.lock().ready.is_err());
+        obs.set_ready(Ok(()));
+        let store = odl_ps::LocalStore::default();
+        let observed = ObservedStore {
+            inner: &store,
+            obs: obs.clone(),
+        };
+        let p = TrainProgress {
+            samples: 10,
+            tasks: vec![],
+        };
+        observed.report_progress(&p).unwrap();
+        assert_eq!(obs.progress().0, p);
+        assert!(obs.lock().ready.is_ok());
+    }
+}
