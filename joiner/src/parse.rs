@@ -146,7 +146,7 @@ impl Parser {
                 let raw = f.stream.ok_or(Malformed::MissingStream)?;
                 let unknown = || Malformed::UnknownStream(String::from_utf8_lossy(raw).into_owned());
                 let name = string_value(raw, f.escaped & scan::STREAM != 0).ok_or_else(unknown)?;
-                std::str::from_utf8(&name).ok().and_then(StreamKind::parse).ok_or_else(unknown)?
+                stream_kind(&name).ok_or_else(unknown)?
             }
         };
         let pv_id = required_string(stream, "pv_id", f.pv_id)?;
@@ -226,26 +226,32 @@ fn string_value(raw: &[u8], may_escape: bool) -> Option<Cow<'_, [u8]>> {
     raw.starts_with(b"\"").then(|| unescaped_if(raw, may_escape))
 }
 
+fn stream_kind(name: &[u8]) -> Option<StreamKind> {
+    StreamKind::ALL.into_iter().find(|k| k.as_str().as_bytes() == name)
+}
+
 /// A JSON integer literal (no fraction, no exponent) that fits in i64.
 fn integer(raw: &[u8]) -> Option<i64> {
     let (negative, digits) = match raw.split_first() {
         Some((b'-', rest)) => (true, rest),
         _ => (false, raw),
     };
-    if digits.is_empty() {
+    if digits.is_empty() || digits.len() > 19 {
         return None;
     }
-    let mut v: i64 = 0;
+    // 19 digits fit in u64 (10^19 - 1 < 2^64), so only the sign's range is checked.
+    let mut v: u64 = 0;
     for &d in digits {
         if !d.is_ascii_digit() {
             return None;
         }
-        let d = (d - b'0') as i64;
-        // Accumulated on the sign's side, so i64::MIN fits.
-        v = v.checked_mul(10)?;
-        v = if negative { v.checked_sub(d)? } else { v.checked_add(d)? };
+        v = v * 10 + (d - b'0') as u64;
     }
-    Some(v)
+    if negative {
+        0i64.checked_sub_unsigned(v)
+    } else {
+        i64::try_from(v).ok()
+    }
 }
 
 #[cfg(test)]
@@ -366,6 +372,8 @@ mod tests {
             ("9223372036854775807", Some(i64::MAX)),
             ("-9223372036854775808", Some(i64::MIN)),
             ("9223372036854775808", None),
+            ("9999999999999999999", None),
+            ("00000000000000000001", None),
             ("-9223372036854775809", None),
             ("-", None),
             ("", None),

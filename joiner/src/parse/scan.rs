@@ -54,7 +54,7 @@ pub(super) fn fields(line: &[u8]) -> Option<RawFields<'_>> {
             let escaped;
             (i, escaped) = match b.get(i) {
                 Some(b'"') => s.string(i + 1)?,
-                _ => (s.value(i, 1)?, false),
+                _ => (s.member(i, 1)?, false),
             };
             let slot = match key {
                 b"stream" => Some((STREAM, &mut f.stream)),
@@ -100,7 +100,7 @@ pub(super) fn fields(line: &[u8]) -> Option<RawFields<'_>> {
 }
 
 /// Skips JSON whitespace (the four characters JSON allows).
-#[inline]
+#[inline(always)]
 fn ws(b: &[u8], mut i: usize) -> usize {
     while let Some(b' ' | b'\n' | b'\r' | b'\t') = b.get(i) {
         i += 1;
@@ -146,7 +146,7 @@ struct Scan<'a> {
 impl Scan<'_> {
     /// The end (one past the closing quote) of the string whose body starts at `i`, and
     /// whether it holds an escape. Plain runs are skipped eight bytes at a time.
-    #[inline]
+    #[inline(always)]
     fn string(&mut self, mut i: usize) -> Option<(usize, bool)> {
         let b = self.b;
         let mut escaped = false;
@@ -184,7 +184,19 @@ impl Scan<'_> {
         }
     }
 
+    /// [`Scan::value`] with the common scalars (strings, numbers) handled in line
+    /// rather than by a call.
+    #[inline(always)]
+    fn member(&mut self, i: usize, depth: u32) -> Option<usize> {
+        match *self.b.get(i)? {
+            b'"' => Some(self.string(i + 1)?.0),
+            b'-' | b'0'..=b'9' => number(self.b, i),
+            _ => self.value(i, depth),
+        }
+    }
+
     /// The end of the value starting at `i` (no whitespace before it).
+    #[inline(never)]
     fn value(&mut self, i: usize, depth: u32) -> Option<usize> {
         let b = self.b;
         match *b.get(i)? {
@@ -206,7 +218,7 @@ impl Scan<'_> {
                         return None;
                     }
                     i = ws(b, i + 1);
-                    i = ws(b, self.value(i, depth + 1)?);
+                    i = ws(b, self.member(i, depth + 1)?);
                     match b.get(i) {
                         Some(b',') => i = ws(b, i + 1),
                         Some(b'}') => return Some(i + 1),
@@ -223,7 +235,7 @@ impl Scan<'_> {
                     return Some(i + 1);
                 }
                 loop {
-                    i = ws(b, self.value(i, depth + 1)?);
+                    i = ws(b, self.member(i, depth + 1)?);
                     match b.get(i) {
                         Some(b',') => i = ws(b, i + 1),
                         Some(b']') => return Some(i + 1),
@@ -245,7 +257,7 @@ fn literal(b: &[u8], i: usize, word: &[u8]) -> Option<usize> {
 }
 
 /// JSON's number grammar: `-? (0 | [1-9][0-9]*) (. [0-9]+)? ([eE] [+-]? [0-9]+)?`.
-#[inline]
+#[inline(always)]
 fn number(b: &[u8], mut i: usize) -> Option<usize> {
     let digit = |i: usize| b.get(i).is_some_and(u8::is_ascii_digit);
     if b.get(i) == Some(&b'-') {
