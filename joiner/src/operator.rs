@@ -652,9 +652,11 @@ fn render_sample(out: &mut Vec<u8>, r: &Ready) -> usize {
 /// is copied as bytes; only if it could already hold a `*_label` key (rare) is it
 /// parsed, so the labels replace rather than repeat that key.
 fn splice_features(out: &mut Vec<u8>, raw: &[u8], click: u8, detail: u8) {
-    static FINDERS: LazyLock<[Finder<'static>; 2]> =
-        LazyLock::new(|| [Finder::new(b"_label"), Finder::new(b"\\u")]);
-    let suspicious = FINDERS.iter().any(|f| f.find(raw).is_some());
+    static LABEL: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"_label"));
+    // Only a `\u` escape could spell `_label` otherwise (escapes are rare: memchr, not
+    // a second substring search).
+    let unicode_escape = || memchr::memchr_iter(b'\\', raw).any(|i| raw.get(i + 1) == Some(&b'u'));
+    let suspicious = LABEL.find(raw).is_some() || unicode_escape();
     if suspicious {
         if let Ok(mut map) = serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(raw) {
             map.insert("click_label".into(), click.into());

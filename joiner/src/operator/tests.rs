@@ -422,3 +422,24 @@ fn a_joiner_without_quality_joins_the_same_and_keeps_no_quality() {
     assert_eq!((q.samples, q.inspected, q.click_delay.joined_count()), (0, 0, 0));
     assert!(q.fields.is_empty());
 }
+
+#[test]
+fn feature_objects_with_plain_escapes_are_copied_byte_for_byte() {
+    let f = r#"{"stream":"feature","pv_id":"p","item_id":"i","ts":1000,"features":{"z":"a\"b\\c\n","a":[1,"\/"]}}"#;
+    let e = exposure("p", "i", "u", 2000);
+    let mut j = Joiner::new(&cfg());
+    j.push(f.as_bytes());
+    j.push(e.as_bytes());
+    j.finish();
+    let mut sample = Vec::new();
+    j.drain_ready(|o| -> Result<(), ()> {
+        if let Output::Sample { json, .. } = o {
+            sample = json.to_vec();
+        }
+        Ok(())
+    })
+    .unwrap();
+    let text = String::from_utf8(sample).unwrap();
+    let want = r#""features":{"z":"a\"b\\c\n","a":[1,"\/"],"click_label":0,"detail_click_label":0}}"#;
+    assert!(text.ends_with(want), "{text}");
+}
