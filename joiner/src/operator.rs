@@ -625,13 +625,33 @@ fn render_prefix(out: &mut Vec<u8>, h: &Held) -> usize {
     out.extend_from_slice(&item_id[1..item_id.len() - 1]);
     let id_end = out.len();
     out.extend_from_slice(br#"","ts":"#);
-    let _ = write!(out, "{}", h.ts);
+    push_decimal(out, h.ts);
     out.extend_from_slice(br#","user_id":"#);
     out.extend_from_slice(user);
     out.extend_from_slice(br#","item_id":"#);
     out.extend_from_slice(item_id);
     out.extend_from_slice(br#","labels":{"click":"#);
     id_end
+}
+
+/// `v` in decimal, as `Display` writes it, without the formatting machinery (one call
+/// per sample).
+fn push_decimal(out: &mut Vec<u8>, v: i64) {
+    let mut digits = [0u8; 20];
+    let mut n = v.unsigned_abs();
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    if v < 0 {
+        out.push(b'-');
+    }
+    out.extend_from_slice(&digits[i..]);
 }
 
 /// Renders the sample; returns where the sample id's text ends in `out`.

@@ -443,3 +443,12 @@ fn feature_objects_with_plain_escapes_are_copied_byte_for_byte() {
     let want = r#""features":{"z":"a\"b\\c\n","a":[1,"\/"],"click_label":0,"detail_click_label":0}}"#;
     assert!(text.ends_with(want), "{text}");
 }
+
+#[test]
+fn timestamps_are_written_as_display_writes_them() {
+    for v in [0, 7, -7, 10, 1_767_225_600_000, -1_767_225_600_000, i64::MAX, i64::MIN] {
+        let mut out = Vec::new();
+        push_decimal(&mut out, v);
+        assert_eq!(String::from_utf8(out).unwrap(), v.to_string());
+    }
+}
