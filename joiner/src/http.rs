@@ -113,8 +113,17 @@ impl JoinerObservations {
 
 /// The routes of this module over `observations`.
 pub fn router(observations: JoinerObservations) -> Router {
+    router_with(observations, Vec::new())
+}
+
+/// [`router`] whose `/metrics` also renders `extra` collectors (the Kafka joiner's
+/// checkpoint and broker series).
+pub fn router_with(observations: JoinerObservations, extra: Vec<Box<dyn Collector>>) -> Router {
     let mut registry = Registry::default();
     registry.register_collector(Box::new(JoinerCollector(observations.clone())));
+    for c in extra {
+        registry.register_collector(c);
+    }
     let ctx = Ctx {
         observations,
         registry: Arc::new(registry),

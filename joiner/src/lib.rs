@@ -5,6 +5,7 @@
 //! - [`stats`]: the join statistics and their atomic file;
 //! - [`service`]: the loop that drives the operator between a record source and sinks;
 //! - [`checkpoint`]: the Kafka joiner's checkpoints (operator state + offsets, sled);
+//! - [`kafka`]: Kafka mode (per-partition watermarks, checkpoints, at-least-once);
 //! - [`config`]: the typed configuration (`configs/joiner.toml`);
 //! - [`quality`]: sample quality (label and sample delay, positive rate, feature coverage);
 //! - [`http`]: the HTTP routes every joiner serves (`/stats`, `/v1/quality`, `/metrics`).
@@ -12,6 +13,7 @@
 pub mod checkpoint;
 pub mod config;
 pub mod http;
+pub mod kafka;
 pub mod operator;
 pub mod parse;
 pub mod quality;
@@ -32,6 +34,13 @@ pub enum Error {
     Config(String),
     #[error(transparent)]
     Stream(#[from] odl_proto::stream::StreamError),
+    #[error(transparent)]
+    Checkpoint(#[from] checkpoint::CheckpointError),
+    #[error("cannot restore the checkpointed join state: {0}")]
+    Snapshot(#[from] operator::SnapshotError),
+    /// The broker stayed unreachable through a shutdown: no final checkpoint.
+    #[error("{0}")]
+    Unavailable(String),
     #[error("cannot write stats file {path}: {source}")]
     Stats {
         path: String,

@@ -2,6 +2,12 @@
 //! joiner into samples, audit and dead-letter files, with the stats file rewritten
 //! atomically while it runs (JOIN.md "Running it").
 //!
+//! `odl join --kafka [--config FILE]`: the streaming joiner over the topics of the
+//! config's `[kafka]`/`[topics]`/`[streaming]` sections ([`odl_joiner::kafka`]), with
+//! its HTTP routes (`/stats`, `/v1/quality`, `/v1/recovery`, `/metrics`, `/healthz`,
+//! `/readyz`). It prints `odl join ready http=ADDR` on stderr once the routes are up
+//! and the signal handlers installed; SIGTERM/SIGINT write a final checkpoint and exit 0.
+//!
 //! Without `--dead-letter`, malformed and late lines are counted in the stats but not
 //! kept (a warning says how many): writing a file nobody asked for next to `--out`
 //! would fail when `--out` is a device such as /dev/null.
@@ -13,37 +19,73 @@ use odl_proto::stream::{FileSink, FileSource, RecordSink};
 use std::path::PathBuf;
 use std::time::Instant;
 
+mod kafka;
+
 #[derive(clap::Args, Debug)]
 pub struct JoinArgs {
     /// Replay file of all four streams in arrival order (`-` = standard input).
-    #[arg(long)]
-    pub input: String,
+    #[arg(long, required_unless_present = "kafka")]
+    pub input: Option<String>,
     /// Samples, one JSON object per line (`-` = standard output).
-    #[arg(long)]
-    pub out: String,
+    #[arg(long, required_unless_present = "kafka")]
+    pub out: Option<String>,
     /// The audited share of the samples.
-    #[arg(long)]
-    pub audit: String,
+    #[arg(long, required_unless_present = "kafka")]
+    pub audit: Option<String>,
     /// Join statistics (JSON), rewritten atomically during the run and at its end.
-    #[arg(long)]
-    pub stats: PathBuf,
+    #[arg(long, required_unless_present = "kafka")]
+    pub stats: Option<PathBuf>,
     /// Malformed and late lines with their reason; counted only if absent.
     #[arg(long)]
     pub dead_letter: Option<String>,
     /// Joiner config overriding configs/joiner.toml (TOML or JSON).
     #[arg(long)]
     pub config: Option<PathBuf>,
+    /// Stream from Kafka (the config's [kafka], [topics], [streaming]) instead of
+    /// replaying a file.
+    #[arg(long, conflicts_with_all = ["input", "out", "audit", "stats", "dead_letter"])]
+    pub kafka: bool,
+    /// Kafka mode: HTTP address, overriding streaming.http_addr (port 0: any free one).
+    #[arg(long, requires = "kafka")]
+    pub http_addr: Option<String>,
+    /// Kafka mode: checkpoint directory, overriding streaming.checkpoint_dir.
+    #[arg(long, requires = "kafka")]
+    pub checkpoint_dir: Option<PathBuf>,
+    /// Kafka mode: overrides streaming.exit_when_idle_ms (drain and exit once every
+    /// input is read to its end and quiet this long; 0 = run until stopped).
+    #[arg(long, requires = "kafka")]
+    pub exit_when_idle_ms: Option<u64>,
+}
+
+/// The files of a replay.
+pub struct ReplayFiles {
+    pub input: String,
+    pub out: String,
+    pub audit: String,
+    pub stats: PathBuf,
+    pub dead_letter: Option<String>,
 }
 
 pub fn run(args: JoinArgs) -> anyhow::Result<()> {
-    let config = JoinerConfig::load(args.config.as_deref()).context("bad joiner config")?;
-    let stats = run_files(&config, &args)?;
+    let mut config = JoinerConfig::load(args.config.as_deref()).context("bad joiner config")?;
+    if args.kafka {
+        let s = &mut config.streaming;
+        s.http_addr = args.http_addr.unwrap_or(std::mem::take(&mut s.http_addr));
+        s.checkpoint_dir = args.checkpoint_dir.unwrap_or(std::mem::take(&mut s.checkpoint_dir));
+        s.exit_when_idle_ms = args.exit_when_idle_ms.unwrap_or(s.exit_when_idle_ms);
+        return kafka::run(config);
+    }
+    let (Some(input), Some(out), Some(audit), Some(stats)) = (args.input, args.out, args.audit, args.stats) else {
+        anyhow::bail!("--input, --out, --audit and --stats are required without --kafka");
+    };
+    let files = ReplayFiles { input, out, audit, stats, dead_letter: args.dead_letter };
+    let stats = run_files(&config, &files)?;
     tracing::info!(stats = %stats.to_json(), "join finished");
     Ok(())
 }
 
 /// The replay with files; also what `odl bench join` times.
-pub fn run_files(config: &JoinerConfig, args: &JoinArgs) -> anyhow::Result<JoinStats> {
+pub fn run_files(config: &JoinerConfig, args: &ReplayFiles) -> anyhow::Result<JoinStats> {
     let started = Instant::now();
     let mut source = FileSource::open(&args.input)?;
     let mut samples = FileSink::create(&args.out)?;

@@ -1,0 +1,295 @@
+//! Kafka mode against librdkafka's in-process mock cluster: the same samples and
+//! statistics as a file replay of the same events, a stop and restart that emits each
+//! sample once, bad messages dead-lettered with their reason, and a broker outage
+//! ridden out without loss. The SIGKILL test and the simulator's stream through a real
+//! broker are in the workspace's `tests/kafka_join.rs`.
+
+use super::*;
+use crate::service::{self, Sinks};
+use odl_proto::stream::kafka::{KafkaSink, KafkaSource};
+use odl_proto::stream::{channel, RecordSink, RecordSource};
+use rdkafka::mocking::MockCluster;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+type Mock = MockCluster<'static, rdkafka::producer::DefaultProducerContext>;
+
+fn cluster(input_partitions: i32) -> (Mock, JoinerConfig, tempfile::TempDir) {
+    let mock = MockCluster::new(1).expect("mock cluster");
+    let mut c = JoinerConfig { audit_rate: 0.3, stats_interval_ms: 200, ..JoinerConfig::default() };
+    for (_, t) in c.topics.inputs() {
+        mock.create_topic(t, input_partitions, 1).expect("input topic");
+    }
+    for t in c.topics.outputs() {
+        mock.create_topic(t, 2, 1).expect("output topic");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    c.kafka = KafkaConfig::new(mock.bootstrap_servers());
+    c.kafka.flush_timeout_ms = 2_000;
+    c.streaming.checkpoint_dir = dir.path().join("ckpt");
+    c.streaming.checkpoint_interval_ms = 300;
+    c.streaming.exit_when_idle_ms = 1_500;
+    (mock, c, dir)
+}
+
+/// Page views in arrival order (each event at most 20 s after its ts, well within the
+/// 60 s lateness), so the join result does not depend on how topics interleave.
+fn events(from: u64, to: u64) -> Vec<(StreamKind, String)> {
+    let mut out = Vec::new();
+    for n in from..to {
+        let t = 1_700_000_000_000 + n as i64 * 1_000;
+        let (pv, item) = (format!("pv{n}"), format!("i{}", n % 7));
+        if n % 11 != 0 {
+            let f = json!({"stream":"feature","pv_id":pv,"item_id":item,"ts":t-500,"features":{"cat":format!("c{}", n % 5)}});
+            out.push((t - 400, StreamKind::Feature, f));
+        }
+        out.push((t, StreamKind::Exposure, json!({"stream":"exposure","pv_id":pv,"item_id":item,"user_id":"u1","ts":t})));
+        if n % 3 == 0 {
+            out.push((t + 15_000, StreamKind::Click, json!({"stream":"click","pv_id":pv,"item_id":item,"ts":t+5_000})));
+        }
+        if n % 6 == 0 {
+            let d = json!({"stream":"detail_click","pv_id":pv,"item_id":item,"ts":t+9_000});
+            out.push((t + 19_000, StreamKind::DetailClick, d));
+        }
+    }
+    out.sort_by_key(|e| e.0);
+    out.into_iter().map(|(_, s, v)| (s, v.to_string())).collect()
+}
+
+fn topic(c: &JoinerConfig, s: StreamKind) -> String {
+    c.topics.inputs().iter().find(|(k, _)| *k == s).map(|(_, t)| t.to_string()).unwrap()
+}
+
+fn produce(c: &JoinerConfig, lines: &[(StreamKind, String)]) {
+    let mut sinks: BTreeMap<String, KafkaSink> = BTreeMap::new();
+    for (s, line) in lines {
+        let t = topic(c, *s);
+        let sink = sinks.entry(t.clone()).or_insert_with(|| KafkaSink::create(&c.kafka, &t).unwrap());
+        let v: Value = serde_json::from_str(line).unwrap_or(Value::Null);
+        let key = v["pv_id"].as_str().map(str::as_bytes).map(<[u8]>::to_vec);
+        sink.send(key.as_deref(), line.as_bytes()).unwrap();
+    }
+    sinks.values_mut().for_each(|s| s.flush().unwrap());
+}
+
+/// Every record of `topic` as (key, value), read until `quiet` passes without one.
+fn consume(c: &JoinerConfig, topic: &str) -> Vec<(Vec<u8>, Value)> {
+    let mut source = KafkaSource::assign(&c.kafka, topic, &Offsets::new()).unwrap();
+    let mut out = Vec::new();
+    let mut idle = 0;
+    while idle < 5 {
+        match source.poll(10_000, Duration::from_millis(200)).unwrap() {
+            Poll::Records(rs) => {
+                idle = 0;
+                for r in rs {
+                    let v = serde_json::from_slice(&r.value).unwrap();
+                    out.push((r.key.map(|k| k.to_vec()).unwrap_or_default(), v));
+                }
+            }
+            _ => idle += 1,
+        }
+    }
+    out
+}
+
+/// The file-replay result of the same lines: samples (sorted) and statistics.
+fn replay(c: &JoinerConfig, lines: &[(StreamKind, String)]) -> (Vec<Value>, JoinStats) {
+    let (mut tx, mut rx) = channel::channel("events", lines.len() + 1);
+    for (_, l) in lines {
+        tx.send(None, l.as_bytes()).unwrap();
+    }
+    drop(tx);
+    let mut samples = Collect::default();
+    let mut audit = Collect::default();
+    let sinks = Sinks { samples: &mut samples, audit: &mut audit, dead_letter: None };
+    let stats = service::run(c, &mut rx as &mut dyn RecordSource, sinks, |_| Ok(())).unwrap();
+    let mut v: Vec<Value> = samples.0.iter().map(|l| serde_json::from_slice(l).unwrap()).collect();
+    v.sort_by_key(|s| s.to_string());
+    (v, stats)
+}
+
+#[derive(Default)]
+struct Collect(Vec<Vec<u8>>);
+
+impl RecordSink for Collect {
+    fn send(&mut self, _: Option<&[u8]>, v: &[u8]) -> odl_proto::stream::Result<()> {
+        self.0.push(v.to_vec());
+        Ok(())
+    }
+    fn flush(&mut self) -> odl_proto::stream::Result<()> {
+        Ok(())
+    }
+}
+
+fn sorted_samples(got: &[(Vec<u8>, Value)]) -> Vec<Value> {
+    for (k, v) in got {
+        assert_eq!(k.as_slice(), v["sample_id"].as_str().unwrap().as_bytes(), "keyed by sample_id");
+    }
+    let mut v: Vec<Value> = got.iter().map(|(_, v)| v.clone()).collect();
+    v.sort_by_key(|s| s.to_string());
+    v
+}
+
+/// Stops the joiner thread of a scope whose assertions fail (or that ends).
+struct StopOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Equal multisets of samples, reported by count and first difference (not dumped).
+fn same(got: &[Value], expected: &[Value]) {
+    let first = got.iter().zip(expected).position(|(a, b)| a != b);
+    assert!(
+        got.len() == expected.len() && first.is_none(),
+        "{} samples, expected {}; first difference at {first:?}: {:?} vs {:?}",
+        got.len(),
+        expected.len(),
+        first.map(|i| &got[i]),
+        first.map(|i| &expected[i]),
+    );
+}
+
+fn run_joiner(c: &JoinerConfig, handles: &Handles) -> (Ending, JoinStats) {
+    run(c, handles, &AtomicBool::new(false)).expect("kafka joiner")
+}
+
+#[test]
+fn joins_exactly_like_a_file_replay_of_the_same_events() {
+    let (_mock, c, _dir) = cluster(3);
+    let lines = events(0, 400);
+    produce(&c, &lines);
+    let handles = Handles::default();
+    let (ending, stats) = run_joiner(&c, &handles);
+    assert_eq!(ending, Ending::Drained);
+    let (expected, expected_stats) = replay(&c, &lines);
+    assert!(expected.len() > 300, "{}", expected.len());
+    assert_eq!(stats, expected_stats);
+    same(&sorted_samples(&consume(&c, &c.topics.samples)), &expected);
+    assert_eq!(handles.observations.stats(), expected_stats, "/stats shows the final statistics");
+    let audited = consume(&c, &c.topics.audit);
+    assert_eq!(audited.len() as u64, stats.samples.audited);
+    let r = handles.recovery.report();
+    assert!(!r.restored && r.checkpoints_written >= 1, "{r:?}");
+}
+
+#[test]
+fn a_stopped_joiner_resumes_from_its_checkpoint_and_emits_each_sample_once() {
+    let (_mock, mut c, _dir) = cluster(2);
+    let lines = events(0, 600);
+    let (first, second) = lines.split_at(lines.len() / 2);
+    produce(&c, first);
+    // First run: stopped (as by SIGTERM) once it has read the first half.
+    c.streaming.exit_when_idle_ms = 0;
+    let stop = Arc::new(AtomicBool::new(false));
+    let handles = Handles::default();
+    let joined = std::thread::scope(|s| {
+        let h = s.spawn(|| run(&c, &handles, &stop));
+        let _stop_on_failure = StopOnDrop(&stop);
+        let read = || handles.observations.stats().exposure.received;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while read() < 200 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        stop.store(true, Ordering::Relaxed);
+        h.join().unwrap()
+    });
+    let (ending, stats) = joined.expect("first run");
+    assert_eq!(ending, Ending::Stopped);
+    assert!(stats.exposure.received >= 200);
+    assert!(!stats.balanced(), "exposures were still pending at the stop");
+    // Second run: the rest of the stream, then drained.
+    produce(&c, second);
+    c.streaming.exit_when_idle_ms = 1_500;
+    let handles = Handles::default();
+    let (ending, stats) = run_joiner(&c, &handles);
+    assert_eq!(ending, Ending::Drained);
+    let r = handles.recovery.report();
+    assert!(r.restored, "{r:?}");
+    assert_eq!(r.reemitted, PerOutput::default(), "a clean stop checkpoints after its last output");
+    let (expected, expected_stats) = replay(&c, &lines);
+    same(&sorted_samples(&consume(&c, &c.topics.samples)), &expected);
+    assert_eq!(stats, expected_stats, "statistics carried over in the checkpoint");
+}
+
+#[test]
+fn bad_messages_go_to_the_dead_letter_topic_with_their_reason() {
+    let (_mock, mut c, _dir) = cluster(1);
+    c.streaming.max_message_bytes = 300;
+    let huge = format!(r#"{{"pv_id":"p","item_id":"i","user_id":"u","ts":1,"pad":"{}"}}"#, "x".repeat(400));
+    let bad = vec![
+        (StreamKind::Exposure, "not json at all".to_string()),
+        (StreamKind::Click, r#"{"stream":"impression","pv_id":"p","item_id":"i","ts":5}"#.to_string()),
+        (StreamKind::Click, r#"{"pv_id":"p","ts":5}"#.to_string()),
+        (StreamKind::Exposure, huge),
+        // A well-formed click without a "stream" field: its topic says what it is.
+        (StreamKind::Click, r#"{"pv_id":"p","item_id":"i","ts":5}"#.to_string()),
+    ];
+    produce(&c, &bad);
+    let handles = Handles::default();
+    let (_, stats) = run_joiner(&c, &handles);
+    assert_eq!(stats.malformed, 4);
+    assert_eq!(stats.click.received, 1);
+    let dead = consume(&c, &c.topics.dead_letter);
+    let reasons: Vec<&str> = dead.iter().map(|(_, v)| v["reason"].as_str().unwrap()).collect();
+    assert_eq!(dead.len(), 4, "{reasons:?}");
+    assert!(reasons.iter().any(|r| r.starts_with("not json")), "{reasons:?}");
+    assert!(reasons.contains(&"unknown stream \"impression\""), "{reasons:?}");
+    assert!(reasons.contains(&"missing field item_id"), "{reasons:?}");
+    let big = dead.iter().find(|(_, v)| v["reason"].as_str().unwrap().starts_with("oversized")).unwrap();
+    assert_eq!(big.1["stream"], "exposure");
+}
+
+#[test]
+fn a_broker_outage_is_reported_and_ridden_out_without_loss() {
+    let (mock, mut c, _dir) = cluster(2);
+    c.streaming.exit_when_idle_ms = 0;
+    c.streaming.checkpoint_interval_ms = 200;
+    let lines = events(0, 300);
+    let (first, second) = lines.split_at(lines.len() / 2);
+    produce(&c, first);
+    let stop = AtomicBool::new(false);
+    let handles = Handles::default();
+    let mut saw_not_ready = false;
+    let result = std::thread::scope(|s| {
+        let h = s.spawn(|| run(&c, &handles, &stop));
+        let _stop_on_failure = StopOnDrop(&stop);
+        let wait_for = |what: &str, f: &dyn Fn() -> bool| {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while !f() {
+                assert!(Instant::now() < deadline, "timed out waiting for {what}");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        };
+        let exposures = |l: &[(StreamKind, String)]| l.iter().filter(|e| e.0 == StreamKind::Exposure).count() as u64;
+        let half = exposures(first);
+        wait_for("the first half", &|| handles.observations.stats().exposure.received == half);
+        mock.broker_down(1).unwrap();
+        wait_for("the outage to be noticed", &|| handles.recovery.report().broker_unavailable.is_some());
+        if let Readiness::NotReady(why) = handles.observations.readiness() {
+            saw_not_ready = why.contains("broker unavailable");
+        }
+        std::thread::sleep(Duration::from_secs(1));
+        mock.broker_up(1).unwrap();
+        produce(&c, second);
+        wait_for("the second half", &|| handles.observations.stats().exposure.received == 300);
+        assert_eq!(half + exposures(second), 300);
+        wait_for("readiness to return", &|| handles.observations.readiness() == Readiness::Ready);
+        stop.store(true, Ordering::Relaxed);
+        h.join().unwrap()
+    });
+    let (ending, _) = result.expect("the joiner survives the outage");
+    assert_eq!(ending, Ending::Stopped);
+    assert!(saw_not_ready, "/readyz said why while the broker was down");
+    let r = handles.recovery.report();
+    assert!(r.broker_errors > 0 && r.broker_unavailable.is_none(), "{r:?}");
+    // Drain what is still pending and compare with the replay: nothing was lost.
+    c.streaming.exit_when_idle_ms = 1_000;
+    run_joiner(&c, &Handles::default());
+    let (expected, _) = replay(&c, &lines);
+    same(&sorted_samples(&consume(&c, &c.topics.samples)), &expected);
+}

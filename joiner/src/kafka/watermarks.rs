@@ -1,0 +1,155 @@
+//! Per-partition watermarks (JOIN.md "Time", Kafka mode): each input partition's
+//! largest on-time event time, and the join watermark as their minimum minus the
+//! allowed lateness, so a partition that is behind (a slow producer, a consumer
+//! catching up) holds the join back instead of seeing its events called late.
+//!
+//! Which partitions count:
+//! - a partition with records waiting to be read counts from the first lag check that
+//!   sees them, even before its first record arrives (its minimum is then "nothing
+//!   yet", which holds the watermark): otherwise, on a backlog, the first topic read
+//!   would race ahead and make every other topic's records late;
+//! - a partition that is empty (never had data, nothing waiting) does not: an empty
+//!   partition must not stall the join forever;
+//! - a partition that is caught up (nothing left to read at the last lag check) and
+//!   has had no message for `idle_after` stops counting until its next message. Being
+//!   caught up is required: a partition that is merely slow to fetch still has records
+//!   waiting, and skipping it would make them late.
+//!
+//! When no partition counts (everything idle), the watermark stays where it is.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+/// An input partition: the index of its topic among the inputs, and the partition.
+pub type PartitionId = (usize, i32);
+
+#[derive(Debug)]
+struct Partition {
+    max_ts: i64,
+    last_message: Instant,
+    caught_up: bool,
+}
+
+#[derive(Debug)]
+pub struct Watermarks {
+    lateness: i64,
+    idle_after: Duration,
+    parts: BTreeMap<PartitionId, Partition>,
+}
+
+impl Watermarks {
+    pub fn new(lateness_ms: u64, idle_after: Duration) -> Self {
+        Watermarks { lateness: lateness_ms as i64, idle_after, parts: BTreeMap::new() }
+    }
+
+    /// Restores the largest event times of a checkpoint; each partition counts (as
+    /// if it had just had a message) until the next lag check finds it idle.
+    pub fn restore(&mut self, max_ts: impl IntoIterator<Item = (PartitionId, i64)>, now: Instant) {
+        for (id, ts) in max_ts {
+            self.parts.insert(id, Partition { max_ts: ts, last_message: now, caught_up: false });
+        }
+    }
+
+    /// An on-time event of partition `id` with event time `ts`.
+    pub fn observe(&mut self, id: PartitionId, ts: i64, now: Instant) {
+        let p = self.parts.entry(id).or_insert(Partition { max_ts: ts, last_message: now, caught_up: false });
+        p.max_ts = p.max_ts.max(ts);
+        p.last_message = now;
+    }
+
+    /// A message of partition `id` that carried no usable event time (malformed): the
+    /// partition is alive, its watermark unchanged.
+    pub fn touch(&mut self, id: PartitionId, now: Instant) {
+        if let Some(p) = self.parts.get_mut(&id) {
+            p.last_message = now;
+        }
+    }
+
+    /// The consumer's lag of partition `id` (records waiting) at a check.
+    pub fn set_lag(&mut self, id: PartitionId, lag: i64, now: Instant) {
+        match self.parts.get_mut(&id) {
+            Some(p) => p.caught_up = lag <= 0,
+            None if lag > 0 => {
+                self.parts.insert(id, Partition { max_ts: i64::MIN, last_message: now, caught_up: false });
+            }
+            None => {}
+        }
+    }
+
+    /// The join watermark over the partitions that count, `None` if none does.
+    pub fn current(&self, now: Instant) -> Option<i64> {
+        self.parts
+            .values()
+            .filter(|p| !(p.caught_up && now.saturating_duration_since(p.last_message) >= self.idle_after))
+            .map(|p| p.max_ts)
+            .min()
+            .map(|ts| ts.saturating_sub(self.lateness))
+    }
+
+    /// Largest event time per partition that had data, for the checkpoint.
+    pub fn max_ts(&self) -> impl Iterator<Item = (PartitionId, i64)> + '_ {
+        self.parts.iter().filter(|(_, p)| p.max_ts > i64::MIN).map(|(id, p)| (*id, p.max_ts))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const IDLE: Duration = Duration::from_secs(10);
+
+    #[test]
+    fn the_slowest_partition_sets_the_watermark_and_empty_ones_do_not_count() {
+        let t0 = Instant::now();
+        let mut w = Watermarks::new(60_000, IDLE);
+        assert_eq!(w.current(t0), None, "no data yet");
+        w.observe((0, 0), 1_000_000, t0);
+        assert_eq!(w.current(t0), Some(940_000));
+        w.observe((1, 3), 500_000, t0);
+        w.observe((0, 0), 2_000_000, t0);
+        assert_eq!(w.current(t0), Some(440_000), "the minimum over partitions");
+        w.observe((1, 3), 400_000, t0);
+        assert_eq!(w.current(t0), Some(440_000), "a partition's own maximum never goes back");
+    }
+
+    #[test]
+    fn a_caught_up_silent_partition_stops_counting_until_its_next_message() {
+        let t0 = Instant::now();
+        let mut w = Watermarks::new(0, IDLE);
+        w.observe((0, 0), 100, t0);
+        w.observe((1, 0), 900, t0);
+        let later = t0 + IDLE + Duration::from_millis(1);
+        assert_eq!(w.current(later), Some(100), "silent but not known to be caught up: still counts");
+        w.set_lag((0, 0), 0, t0);
+        assert_eq!(w.current(t0 + Duration::from_secs(1)), Some(100), "caught up but not silent long enough");
+        assert_eq!(w.current(later), Some(900), "caught up and silent: skipped");
+        w.observe((0, 0), 150, later);
+        assert_eq!(w.current(later), Some(150), "a message makes it count again");
+        w.set_lag((1, 0), 0, t0);
+        w.set_lag((0, 0), 0, t0);
+        assert_eq!(w.current(later + IDLE + IDLE), None, "all idle: the watermark stays");
+    }
+
+    #[test]
+    fn a_partition_with_records_waiting_holds_the_watermark_before_its_first_record() {
+        let t0 = Instant::now();
+        let mut w = Watermarks::new(0, IDLE);
+        w.set_lag((1, 0), 0, t0);
+        w.observe((0, 0), 5_000, t0);
+        assert_eq!(w.current(t0), Some(5_000), "an empty partition does not count");
+        w.set_lag((1, 2), 30, t0);
+        assert_eq!(w.current(t0), Some(i64::MIN), "a backlog not read yet holds the join");
+        w.observe((1, 2), 4_000, t0);
+        assert_eq!(w.current(t0), Some(4_000));
+        assert_eq!(w.max_ts().count(), 2);
+    }
+
+    #[test]
+    fn restored_maxima_count_until_found_idle() {
+        let t0 = Instant::now();
+        let mut w = Watermarks::new(10, IDLE);
+        w.restore([((0, 1), 500), ((2, 0), 300)], t0);
+        assert_eq!(w.current(t0 + IDLE + IDLE), Some(290));
+        assert_eq!(w.max_ts().collect::<Vec<_>>(), vec![((0, 1), 500), ((2, 0), 300)]);
+    }
+}
