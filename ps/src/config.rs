@@ -30,6 +30,9 @@ pub struct PsConfig {
     pub lock_shards: usize,
     /// Publishing to serving nodes (PUBLISH.md); documented in `configs/ps.toml`.
     pub odl_model_update: crate::publish::PublishConfig,
+    /// The Kafka cluster versions go to with `odl_model_update.extensions.transport =
+    /// "kafka"`.
+    pub kafka: odl_proto::stream::kafka::KafkaConfig,
 }
 
 impl PsConfig {

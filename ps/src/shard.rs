@@ -8,6 +8,9 @@ use crate::checkpoint;
 use crate::config::PsConfig;
 use crate::error::{PsError, Result};
 use crate::local::LocalStore;
+use crate::publish::cluster::ClusterSource;
+use crate::publish::kafka::KafkaTransport;
+use crate::publish::{Role, Transport, Wiring};
 use crate::routing::ShardId;
 use crate::server::{self, Listeners};
 use std::path::PathBuf;
@@ -130,6 +133,14 @@ impl Shard {
         if let Some(p) = publisher.clone() {
             let stop = shutdown.clone();
             tasks.spawn(async move {
+                if !p.is_publishing() {
+                    tracing::info!(
+                        "publishing: shard 0 cuts versions; this shard hands it its part"
+                    );
+                    stop.cancelled().await;
+                    p.close();
+                    return;
+                }
                 if let Err(e) = p.run(stop.clone()).await {
                     tracing::error!(error = %e, "publisher failed");
                     stop.cancel();
@@ -173,8 +184,42 @@ impl Shard {
             tracing::warn!(dir = %d.display(), "no checkpoint_dir nor store_dir: version history is not kept across restarts");
             d
         };
-        let p = crate::publish::Publisher::open(cfg.clone(), &dir, self.store.clone())
-            .map_err(|e| PsError::Internal(format!("publisher: {e}")))?;
+        let err = |e: crate::publish::PublishError| PsError::Internal(format!("publisher: {e}"));
+        let local: Arc<dyn crate::publish::PublishSource> = self.store.clone();
+        let cluster = !cfg.extensions.shard_grpc.is_empty() && self.id.count > 1;
+        let (source, role): (Arc<dyn crate::publish::PublishSource>, _) = match cluster {
+            false => {
+                if self.id.count > 1 {
+                    tracing::warn!("several shards but no odl_model_update.extensions.shard_grpc: this shard publishes only its own rows");
+                }
+                (local.clone(), Role::Publishing)
+            }
+            true if self.id.index == 0 => {
+                let c = ClusterSource::new(local.clone(), self.id, &cfg.extensions.shard_grpc)
+                    .map_err(err)?;
+                (Arc::new(c), Role::Publishing)
+            }
+            true => (local.clone(), Role::Part),
+        };
+        let kafka = match (cfg.extensions.transport, role) {
+            (Transport::Kafka, Role::Publishing) => Some(
+                KafkaTransport::new(
+                    &self.config.kafka,
+                    &cfg.extensions.update_topic,
+                    &cfg.extensions.control_topic,
+                    cfg.update_partition_count,
+                )
+                .map_err(err)?,
+            ),
+            _ => None,
+        };
+        let wiring = Wiring {
+            source,
+            local,
+            role,
+            kafka,
+        };
+        let p = crate::publish::Publisher::open_wired(cfg.clone(), &dir, wiring).map_err(err)?;
         Ok(Some(p))
     }
 }

@@ -33,6 +33,16 @@ impl PartStrategy {
     }
 }
 
+/// How versions reach serving nodes.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// Nodes subscribe to the PS's gRPC `Publisher` service.
+    Grpc,
+    /// Versions go to the param-update and control topics (the PS's `[kafka]` table).
+    Kafka,
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PublishConfig {
@@ -82,6 +92,16 @@ pub struct PublishExtensions {
     pub model_config: String,
     /// Directory of the version store (sled). Empty: `versions` under the PS data dir.
     pub store_dir: String,
+    /// `grpc` or `kafka`. gRPC subscriptions are served either way.
+    pub transport: Transport,
+    /// Kafka: the topic of versions' records (`update_partition_count` partitions).
+    pub update_topic: String,
+    /// Kafka: the one-partition topic announcing each version once it is written.
+    pub control_topic: String,
+    /// Several shards: every shard's gRPC URL, by shard index. Shard 0 then cuts
+    /// versions of the whole cluster (reading the others' parts) and the others
+    /// publish nothing themselves. Empty: each shard publishes only its own rows.
+    pub shard_grpc: Vec<String>,
 }
 
 impl Default for PublishConfig {
@@ -112,6 +132,10 @@ impl Default for PublishExtensions {
             keep_full_versions: 3,
             model_config: String::new(),
             store_dir: String::new(),
+            transport: Transport::Grpc,
+            update_topic: "odl.param_updates".to_string(),
+            control_topic: "odl.param_control".to_string(),
+            shard_grpc: Vec::new(),
         }
     }
 }
@@ -142,6 +166,11 @@ impl PublishConfig {
         }
         if self.model_name.is_empty() {
             return bad("model_name must not be empty".to_string());
+        }
+        if self.extensions.transport == Transport::Kafka
+            && (self.extensions.update_topic.is_empty() || self.extensions.control_topic.is_empty())
+        {
+            return bad("extensions.update_topic and control_topic must be set for kafka".into());
         }
         if self.extensions.keep_full_versions < 1 {
             return bad("extensions.keep_full_versions must be at least 1".to_string());

@@ -4,11 +4,16 @@
 //! start (and periodically, on rebase and on rollback), dense and sparse increments on
 //! timers, each behind the AUC and numerics gates. Versions are records in sled with
 //! their payloads, so history, statuses and the catch-up chain survive a restart.
-//! Serving nodes subscribe over gRPC, apply versions and confirm them; the status
+//! Serving nodes subscribe over gRPC, or read versions from Kafka
+//! (`extensions.transport`), apply them and confirm them over gRPC; the status
 //! tracker turns confirmations and timeouts into `FINISHED` / `SWITCH_TIMEOUT`.
+//! With several shards, shard 0 cuts versions of the whole cluster ([`cluster`]).
 //!
 //! Where things live:
+//! - [`announce`]: the Kafka wire format and the serving side's "complete" rule;
 //! - [`client`]: `odl ps rebase`, the operator call;
+//! - [`cluster`]: the publishing shard reading the other shards' parts;
+//! - [`kafka`]: writing versions to the param-update and control topics;
 //! - [`config`]: the `odl_model_update` block (PUBLISH.md keys) and our extensions;
 //! - [`partition`]: `div` / `mod` partitioning of sparse keys;
 //! - [`payload`]: what a version carries and how it is chunked on the wire;
@@ -20,10 +25,13 @@
 //! - [`service`]: the gRPC `Publisher` service;
 //! - [`http`]: `GET /v1/versions`, `GET /v1/versions/{n}`, rollback.
 
+pub mod announce;
 pub mod client;
+pub mod cluster;
 pub mod config;
 pub mod gates;
 pub mod http;
+pub mod kafka;
 pub mod partition;
 pub mod payload;
 pub mod publisher;
@@ -32,8 +40,8 @@ pub mod source;
 pub mod status;
 pub mod store;
 
-pub use config::{PartStrategy, PublishConfig, PublishExtensions};
-pub use publisher::Publisher;
+pub use config::{PartStrategy, PublishConfig, PublishExtensions, Transport};
+pub use publisher::{Publisher, Role, Wiring};
 pub use source::PublishSource;
 
 use odl_proto::version::Version;

@@ -35,9 +35,32 @@ pub enum FullCause {
     Rebase(PathBuf),
 }
 
+/// Whether this PS process cuts versions, or only hands its part to the shard that does.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Runs the timers and gates, numbers and writes versions (shard 0, or the only shard).
+    Publishing,
+    /// Another shard of a cluster: answers the publishing shard's part calls only.
+    Part,
+}
+
+/// What a publisher reads and where it writes, besides its config.
+pub struct Wiring {
+    /// What versions are cut from (every shard's parameters for the publishing shard).
+    pub source: Arc<dyn PublishSource>,
+    /// This process's own store, which other shards' part calls read.
+    pub local: Arc<dyn PublishSource>,
+    pub role: Role,
+    /// Kafka transport; `None`: versions reach nodes over gRPC subscriptions only.
+    pub kafka: Option<super::kafka::KafkaTransport>,
+}
+
 pub struct Publisher {
     cfg: PublishConfig,
     source: Arc<dyn PublishSource>,
+    local: Arc<dyn PublishSource>,
+    role: Role,
+    kafka: Option<super::kafka::KafkaTransport>,
     registry: Arc<Registry>,
     model_config: String,
     /// One cut at a time (timers, rebase and rollback race otherwise).
@@ -51,6 +74,10 @@ pub struct Publisher {
     /// The dense tensors of the last full or dense cut (published or skipped): an
     /// unchanged snapshot (no training since) is not published again.
     last_dense: Mutex<Option<DenseSnapshot>>,
+    /// A version could not be written to Kafka: increments are held back from Kafka
+    /// until a full version is written, so a node never applies an increment on top
+    /// of a missing one.
+    kafka_gap: std::sync::atomic::AtomicBool,
 }
 
 /// Every dense tensor by name, as the store hands them out.
@@ -73,6 +100,17 @@ impl Publisher {
         store_dir: &Path,
         source: Arc<dyn PublishSource>,
     ) -> Result<Arc<Publisher>> {
+        let wiring = Wiring {
+            local: source.clone(),
+            source,
+            role: Role::Publishing,
+            kafka: None,
+        };
+        Self::open_wired(cfg, store_dir, wiring)
+    }
+
+    /// [`Publisher::open`] with a cluster source, a role and a transport.
+    pub fn open_wired(cfg: PublishConfig, store_dir: &Path, w: Wiring) -> Result<Arc<Publisher>> {
         cfg.validate()?;
         let model_config = if cfg.extensions.model_config.is_empty() {
             String::new()
@@ -95,18 +133,31 @@ impl Publisher {
         )?);
         Ok(Arc::new(Publisher {
             cfg,
-            source,
+            source: w.source,
+            local: w.local,
+            role: w.role,
+            kafka: w.kafka,
             registry,
             model_config,
             cutting: Mutex::new(()),
             held_after: Mutex::new(None),
             closing: CancellationToken::new(),
             last_dense: Mutex::new(None),
+            kafka_gap: std::sync::atomic::AtomicBool::new(false),
         }))
     }
 
     pub fn config(&self) -> &PublishConfig {
         &self.cfg
+    }
+
+    /// This process's own store (what other shards' part calls read).
+    pub fn local(&self) -> &Arc<dyn PublishSource> {
+        &self.local
+    }
+
+    pub fn is_publishing(&self) -> bool {
+        self.role == Role::Publishing
     }
 
     pub fn registry(&self) -> &Arc<Registry> {
@@ -195,6 +246,7 @@ impl Publisher {
             encode_ms = t0.elapsed().as_millis() as u64;
             u
         })?;
+        self.to_kafka(&sv);
         let ms = t0.elapsed().as_millis() as u64;
         tracing::info!(
             version = sv.version().0,
@@ -207,20 +259,62 @@ impl Publisher {
         Ok(sv)
     }
 
+    /// Write a published version to Kafka (with that transport). Failures are logged:
+    /// the version stays `PUSH_ONLINE` (then `SWITCH_TIMEOUT`), and increments wait
+    /// for the next full version.
+    fn to_kafka(&self, sv: &StoredVersion) {
+        use std::sync::atomic::Ordering;
+        let Some(k) = &self.kafka else { return };
+        if self.kafka_gap.load(Ordering::SeqCst) && !sv.is_full() {
+            tracing::warn!(version = sv.version().0, "not written to kafka: an earlier version is missing there; waiting for a full version");
+            return;
+        }
+        let t0 = std::time::Instant::now();
+        let written = self
+            .registry
+            .payload(sv.version())
+            .and_then(|p| k.write(sv.version(), &p, &self.closing));
+        match written {
+            Ok(a) => {
+                self.kafka_gap.store(false, Ordering::SeqCst);
+                tracing::info!(
+                    version = a.version,
+                    records = a.parts.iter().map(|p| p.records).sum::<u64>(),
+                    partitions = a.parts.len(),
+                    ms = t0.elapsed().as_millis() as u64,
+                    "written to kafka"
+                );
+            }
+            Err(e) => {
+                self.kafka_gap.store(true, Ordering::SeqCst);
+                tracing::error!(version = sv.version().0, error = %e, "writing the version to kafka failed");
+            }
+        }
+    }
+
     /// Cut a full version of everything the store holds.
     pub fn cut_full(&self, cause: FullCause) -> Result<StoredVersion> {
         let _g = self.cut_lock();
         let progress = self.source.progress();
         let auc = gate_auc(&progress);
-        let changes = self.source.take_changes();
-        let content = Content {
-            schema: Some(self.source.schema()),
-            model_config: self
-                .source
-                .model_config()
-                .unwrap_or_else(|| self.model_config.clone()),
-            dense: self.source.dense_snapshot()?,
-            rows: self.source.full_rows()?,
+        let changes = self.source.take_changes()?;
+        let read = || -> Result<Content> {
+            Ok(Content {
+                schema: Some(self.source.schema()?),
+                model_config: self
+                    .source
+                    .model_config()
+                    .unwrap_or_else(|| self.model_config.clone()),
+                dense: self.source.dense_snapshot()?,
+                rows: self.source.full_rows()?,
+            })
+        };
+        let content = match read() {
+            Ok(c) => c,
+            Err(e) => {
+                self.source.restore_changes(&changes);
+                return Err(e);
+            }
         };
         *self.last_dense.lock().unwrap_or_else(|p| p.into_inner()) = Some(content.dense.clone());
         // Warm start, restart and rebase load a model an operator chose: only the
@@ -271,7 +365,7 @@ impl Publisher {
         let progress = self.source.progress();
         let auc = gate_auc(&progress);
         let content = Content {
-            schema: Some(self.source.schema()),
+            schema: Some(self.source.schema()?),
             dense,
             ..Default::default()
         };
@@ -295,7 +389,7 @@ impl Publisher {
             return Ok(None);
         }
         let t0 = std::time::Instant::now();
-        let changes = self.source.take_changes();
+        let changes = self.source.take_changes()?;
         if changes
             .iter()
             .all(|c| c.upserted.is_empty() && c.deleted.is_empty())
@@ -339,7 +433,7 @@ impl Publisher {
     }
 
     fn changed_rows(&self, changes: &[TableChanges]) -> Result<Content> {
-        let schema = self.source.schema();
+        let schema = self.source.schema()?;
         let mut rows = Vec::new();
         for c in changes {
             let dim = schema
@@ -417,6 +511,7 @@ impl Publisher {
         let out = self
             .registry
             .record_published(new, |v, b| payload::encode(&layout(v, b), &content))?;
+        self.to_kafka(&out);
         self.set_held(Some(target));
         tracing::warn!(
             version = out.version().0,
@@ -428,6 +523,12 @@ impl Publisher {
 
     /// Drive publishing until `cancel`: the first full version, then the timers.
     pub async fn run(self: Arc<Self>, cancel: CancellationToken) -> Result<()> {
+        // A cut blocked on a broker outage must see the shutdown too.
+        let (closing, stop) = (self.closing.clone(), cancel.clone());
+        tokio::spawn(async move {
+            stop.cancelled().await;
+            closing.cancel();
+        });
         let r = self.clone().run_timers(cancel).await;
         self.close();
         r

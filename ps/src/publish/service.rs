@@ -6,6 +6,7 @@
 //! new version as it is published. Row chunks are filtered to the partitions the node
 //! owns. Each header is re-stamped with the newest version so the node can report lag.
 
+use super::cluster::{from_wire, to_wire, PartServer};
 use super::payload::kind_str;
 use super::publisher::Publisher;
 use super::status::Registry;
@@ -52,11 +53,14 @@ pub fn info(r: &VersionRecord) -> rpc::VersionInfo {
 #[derive(Clone)]
 pub struct PublishService {
     publisher: Arc<Publisher>,
+    /// This shard's own store, read by the publishing shard (cluster.rs).
+    part: Arc<PartServer>,
 }
 
 impl PublishService {
     pub fn new(publisher: Arc<Publisher>) -> PublishService {
-        PublishService { publisher }
+        let part = Arc::new(PartServer::new(publisher.local().clone()));
+        PublishService { publisher, part }
     }
 
     /// The tonic service to mount next to the PS's own.
@@ -262,6 +266,13 @@ impl PublisherRpc for PublishService {
         if dir.as_os_str().is_empty() {
             return Err(PublishError::Invalid("checkpoint must name a directory".into()).into());
         }
+        if !self.publisher.is_publishing() {
+            // A shard that does not publish only loads its part; the publishing shard
+            // cuts the version.
+            let part = self.part.clone();
+            blocking(move || part.rebase(&dir)).await?;
+            return Ok(Response::new(rpc::VersionInfo::default()));
+        }
         let p = self.publisher.clone();
         let v = blocking(move || p.rebase(&dir)).await?;
         Ok(Response::new(info(&v.record)))
@@ -275,5 +286,68 @@ impl PublisherRpc for PublishService {
         let p = self.publisher.clone();
         let v = blocking(move || p.rollback(Version(req.version), Some(&req.token))).await?;
         Ok(Response::new(info(&v.record)))
+    }
+
+    async fn part_schema(
+        &self,
+        _req: Request<rpc::PartSchemaRequest>,
+    ) -> std::result::Result<Response<rpc::PartSchemaResponse>, Status> {
+        let part = self.part.clone();
+        let schema_json = blocking(move || part.schema_json()).await?;
+        Ok(Response::new(rpc::PartSchemaResponse { schema_json }))
+    }
+
+    async fn take_changes(
+        &self,
+        req: Request<rpc::TakeChangesRequest>,
+    ) -> std::result::Result<Response<rpc::ChangedKeys>, Status> {
+        let (part, published) = (self.part.clone(), req.into_inner().previous_published);
+        let taken = blocking(move || part.take(published)).await?;
+        Ok(Response::new(to_wire(&taken)))
+    }
+
+    async fn restore_changes(
+        &self,
+        req: Request<rpc::ChangedKeys>,
+    ) -> std::result::Result<Response<rpc::RestoreChangesResponse>, Status> {
+        let changes = from_wire(&req.into_inner())?;
+        let part = self.part.clone();
+        blocking(move || {
+            part.restore(&changes);
+            Ok(())
+        })
+        .await?;
+        Ok(Response::new(rpc::RestoreChangesResponse {}))
+    }
+
+    async fn read_rows(
+        &self,
+        req: Request<rpc::ReadRowsRequest>,
+    ) -> std::result::Result<Response<rpc::RowChunk>, Status> {
+        let (part, req) = (self.part.clone(), req.into_inner());
+        let rows = blocking(move || part.read_rows(&req.table, &req.keys)).await?;
+        Ok(Response::new(rows))
+    }
+
+    async fn dense_snapshot(
+        &self,
+        _req: Request<rpc::DenseSnapshotRequest>,
+    ) -> std::result::Result<Response<rpc::DenseSnapshotResponse>, Status> {
+        let part = self.part.clone();
+        let tensors = blocking(move || part.dense()).await?;
+        Ok(Response::new(rpc::DenseSnapshotResponse { tensors }))
+    }
+
+    type FullRowsStream =
+        tokio_stream::Iter<std::vec::IntoIter<std::result::Result<rpc::RowChunk, Status>>>;
+
+    async fn full_rows(
+        &self,
+        _req: Request<rpc::FullRowsRequest>,
+    ) -> std::result::Result<Response<Self::FullRowsStream>, Status> {
+        let part = self.part.clone();
+        let chunks = blocking(move || part.full_rows()).await?;
+        let items: Vec<_> = chunks.into_iter().map(Ok).collect();
+        Ok(Response::new(tokio_stream::iter(items)))
     }
 }

@@ -22,9 +22,9 @@ use crate::local::{Changes, LocalStore};
 pub const MODEL_CONFIG_ATTRIBUTE: &str = "model_config";
 
 pub trait PublishSource: Send + Sync + 'static {
-    fn schema(&self) -> ModelSchema;
+    fn schema(&self) -> Result<ModelSchema>;
     /// Keys changed since the previous take, per table; the store forgets them.
-    fn take_changes(&self) -> Vec<TableChanges>;
+    fn take_changes(&self) -> Result<Vec<TableChanges>>;
     /// Put taken changes back (a skipped publish), so the next publish carries them.
     fn restore_changes(&self, changes: &[TableChanges]);
     /// The keys among `keys` that have a row, and their weights row-major.
@@ -44,12 +44,12 @@ pub trait PublishSource: Send + Sync + 'static {
 }
 
 impl PublishSource for LocalStore {
-    fn schema(&self) -> ModelSchema {
-        LocalStore::schema(self)
+    fn schema(&self) -> Result<ModelSchema> {
+        Ok(LocalStore::schema(self))
     }
 
-    fn take_changes(&self) -> Vec<TableChanges> {
-        LocalStore::take_changes(self).tables
+    fn take_changes(&self) -> Result<Vec<TableChanges>> {
+        Ok(LocalStore::take_changes(self).tables)
     }
 
     fn restore_changes(&self, changes: &[TableChanges]) {
@@ -197,16 +197,16 @@ impl MemorySource {
 }
 
 impl PublishSource for MemorySource {
-    fn schema(&self) -> ModelSchema {
-        self.lock().schema.clone()
+    fn schema(&self) -> Result<ModelSchema> {
+        Ok(self.lock().schema.clone())
     }
 
-    fn take_changes(&self) -> Vec<TableChanges> {
+    fn take_changes(&self) -> Result<Vec<TableChanges>> {
         let mut g = self.lock();
         let up = std::mem::take(&mut g.upserted);
         let del = std::mem::take(&mut g.deleted);
         let tables: BTreeSet<String> = up.keys().chain(del.keys()).cloned().collect();
-        tables
+        Ok(tables
             .into_iter()
             .map(|t| TableChanges {
                 upserted: up
@@ -219,7 +219,7 @@ impl PublishSource for MemorySource {
                     .unwrap_or_default(),
                 table: t,
             })
-            .collect()
+            .collect())
     }
 
     fn restore_changes(&self, changes: &[TableChanges]) {

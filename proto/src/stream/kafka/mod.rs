@@ -25,7 +25,7 @@ mod tests;
 
 pub use admin::{check_connection, ensure_topics, partition_count};
 pub use config::KafkaConfig;
-pub use sink::KafkaSink;
+pub use sink::{Delivered, KafkaSink};
 pub use source::{KafkaSource, Offsets};
 
 use super::StreamError;

@@ -6,6 +6,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::ClientContext;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -22,6 +23,17 @@ pub struct KafkaSink {
 struct DeliveryReport {
     failed: AtomicU64,
     last_error: Mutex<Option<String>>,
+    delivered: Mutex<BTreeMap<i32, Delivered>>,
+}
+
+/// Where acknowledged records landed on one partition since the last
+/// [`KafkaSink::take_delivered`]: a writer that announces its records elsewhere (the
+/// publisher's control topic) says where to find them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Delivered {
+    pub first_offset: i64,
+    pub last_offset: i64,
+    pub records: u64,
 }
 
 impl ClientContext for DeliveryReport {}
@@ -29,6 +41,14 @@ impl ClientContext for DeliveryReport {}
 impl ProducerContext for DeliveryReport {
     type DeliveryOpaque = ();
     fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if let Ok(m) = result {
+            let (p, o) = (m.partition(), m.offset());
+            let mut d = self.delivered.lock().unwrap_or_else(|p| p.into_inner());
+            let e = d.entry(p).or_insert(Delivered { first_offset: o, last_offset: o, records: 0 });
+            e.first_offset = e.first_offset.min(o);
+            e.last_offset = e.last_offset.max(o);
+            e.records += 1;
+        }
         if let Err((e, m)) = result {
             self.failed.fetch_add(1, Ordering::Relaxed);
             let what = format!("record to {} [{}] not delivered: {e}", m.topic(), m.partition());
@@ -97,6 +117,12 @@ impl KafkaSink {
         }
         self.producer.poll(Duration::ZERO);
         Ok(())
+    }
+
+    /// Per partition, the offsets of the records acknowledged since the previous call
+    /// (call after a successful `flush` to cover everything sent).
+    pub fn take_delivered(&self) -> BTreeMap<i32, Delivered> {
+        std::mem::take(&mut *self.producer.context().delivered.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     fn take_failure(&self) -> Option<String> {

@@ -109,6 +109,26 @@ impl KafkaSource {
         Ok(source)
     }
 
+    /// Read only the partitions in `start`, each from its offset there (a negative
+    /// offset: the beginning of the partition). Like [`KafkaSource::assign`], nothing
+    /// is committed. A serving node reads the partitions it owns this way, from the
+    /// offsets the publisher's control topic names.
+    pub fn assign_partitions(cfg: &KafkaConfig, topic: &str, start: &Offsets) -> Result<Self> {
+        let mut tpl = TopicPartitionList::new();
+        for (&p, &o) in start {
+            let offset = if o < 0 { Offset::Beginning } else { Offset::Offset(o) };
+            tpl.add_partition_offset(topic, p, offset)
+                .map_err(|e| broker_error("building the assignment", e))?;
+        }
+        let consumer = Self::consumer(cfg, None)?;
+        consumer
+            .assign(&tpl)
+            .map_err(|e| broker_error(&format!("assigning {topic}"), e))?;
+        let mut source = Self::new(consumer, topic, false);
+        source.returned = start.iter().filter(|(_, &o)| o >= 0).map(|(&p, &o)| (p, o)).collect();
+        Ok(source)
+    }
+
     fn consumer(cfg: &KafkaConfig, group: Option<&str>) -> Result<BaseConsumer<GroupContext>> {
         let mut client = cfg.client(CONSUMER_DEFAULTS);
         // librdkafka wants a group id even for a plain assignment; it is never used

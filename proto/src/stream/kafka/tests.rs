@@ -120,3 +120,41 @@ fn an_unreachable_broker_is_a_retryable_error_not_a_hang_or_a_loss() {
     assert!(e.to_string().contains("1 records"), "{e}");
     assert_eq!(sink.failed(), 0, "still queued, not dropped");
 }
+
+#[test]
+fn delivered_offsets_are_reported_and_single_partitions_read_from_them() {
+    let (_mock, cfg) = cluster("updates", 3);
+    let mut sink = KafkaSink::create(&cfg, "updates").expect("sink");
+    for i in 0..5u32 {
+        sink.send_to(Some(1), Some(b"a"), format!("{{\"i\":{i}}}").as_bytes()).expect("send");
+    }
+    sink.send_to(Some(2), Some(b"a"), b"{}").expect("send");
+    sink.flush().expect("flush");
+    let d = sink.take_delivered();
+    assert_eq!(d[&1], Delivered { first_offset: 0, last_offset: 4, records: 5 });
+    assert_eq!(d[&2], Delivered { first_offset: 0, last_offset: 0, records: 1 });
+    assert!(!d.contains_key(&0));
+    assert!(sink.take_delivered().is_empty(), "taken once");
+    for i in 5..8u32 {
+        sink.send_to(Some(1), Some(b"b"), format!("{{\"i\":{i}}}").as_bytes()).expect("send");
+    }
+    sink.flush().expect("flush");
+    assert_eq!(sink.take_delivered()[&1], Delivered { first_offset: 5, last_offset: 7, records: 3 });
+    // Partition 1 only, from offset 3: records 3..8 and nothing of partition 2.
+    let start: Offsets = [(1, 3)].into_iter().collect();
+    let mut source = KafkaSource::assign_partitions(&cfg, "updates", &start).expect("assign");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut got = Vec::new();
+    while got.len() < 5 && Instant::now() < deadline {
+        if let Poll::Records(rs) = source.poll(100, Duration::from_millis(200)).expect("poll") {
+            for r in rs {
+                assert_eq!(r.position.partition, 1);
+                got.push(r.position.offset);
+            }
+        }
+    }
+    assert_eq!(got, vec![3, 4, 5, 6, 7]);
+    assert!(drained(&mut source));
+    assert_eq!(source.positions()[&1], 8);
+    assert_eq!(source.assignment(), vec![1]);
+}
