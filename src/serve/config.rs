@@ -17,6 +17,12 @@ pub struct ServeConfig {
     pub model_config: String,
     pub confirm: bool,
     pub reconnect_ms: u64,
+    /// `grpc`: subscribe to `ps_grpc`; `kafka`: read the topics below (confirming to
+    /// `ps_grpc` either way).
+    pub transport: odl_ps::publish::Transport,
+    pub update_topic: String,
+    pub control_topic: String,
+    pub kafka: odl_proto::stream::kafka::KafkaConfig,
 }
 
 impl ServeConfig {
@@ -35,6 +41,10 @@ impl ServeConfig {
             self.ps_grpc
         );
         anyhow::ensure!(self.reconnect_ms >= 1, "reconnect_ms must be at least 1");
+        anyhow::ensure!(
+            !self.update_topic.is_empty() && !self.control_topic.is_empty(),
+            "update_topic and control_topic must not be empty"
+        );
         Ok(())
     }
 

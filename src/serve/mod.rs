@@ -4,7 +4,8 @@
 //!
 //! - [`config`]: `ServeConfig` (`configs/serve.toml`);
 //! - [`state`]: the parameters of one applied version, read through `ParamRead`;
-//! - [`node`]: the live version pointer, the subscription, confirmations, lag;
+//! - [`node`]: the live version pointer, the gRPC subscription, confirmations, lag;
+//! - [`kafka`]: following the publisher through the param-update and control topics;
 //! - [`http`]: the REST API;
 //! - [`harness`]: an in-process publisher and `odl serve` children for benchmarks and tests;
 //! - [`client`]: a minimal keep-alive HTTP/1.1 client for benchmarks and tests.
@@ -13,6 +14,7 @@ pub mod client;
 pub mod config;
 pub mod harness;
 pub mod http;
+pub mod kafka;
 pub mod node;
 pub mod state;
 
@@ -30,8 +32,20 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let port = listener.local_addr()?.port();
     let node = Arc::new(Node::new(cfg.clone(), cfg.node_id_for(port))?);
-    tracing::info!(node = %node.node_id, rest = %listener.local_addr()?, ps = %cfg.ps_grpc, "serving node up");
-    let sub = tokio::spawn(node.clone().subscribe_loop(cancel.clone()));
+    tracing::info!(node = %node.node_id, rest = %listener.local_addr()?, ps = %cfg.ps_grpc, transport = ?cfg.transport, "serving node up");
+    let sub = match cfg.transport {
+        odl_ps::publish::Transport::Grpc => {
+            tokio::spawn(node.clone().subscribe_loop(cancel.clone()))
+        }
+        odl_ps::publish::Transport::Kafka => {
+            let (n, c, rt) = (
+                node.clone(),
+                cancel.clone(),
+                tokio::runtime::Handle::current(),
+            );
+            tokio::task::spawn_blocking(move || kafka::follow(n, c, rt))
+        }
+    };
     let app = http::router(node);
     let c = cancel.clone();
     axum::serve(listener, app)

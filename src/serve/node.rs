@@ -9,7 +9,7 @@ use super::config::ServeConfig;
 use super::state::ServedVersion;
 use anyhow::{anyhow, bail, Context};
 use odl_proto::publish_rpc::publisher_client::PublisherClient;
-use odl_proto::publish_rpc::{update::Body, ConfirmRequest, Header, SubscribeRequest};
+use odl_proto::publish_rpc::{update::Body, ConfirmRequest, Header, SubscribeRequest, Update};
 use odl_proto::version::Version;
 use odl_ps::publish::payload::{bytes_f32, bytes_u64};
 use odl_trainer::{Model, ModelConfig};
@@ -206,49 +206,62 @@ impl Node {
             // The PS may have restarted or lost our last confirmation.
             self.confirm(&mut client, v).await?;
         }
-        let mut building: Option<(ServedVersion, Header)> = None;
+        let mut building: Building = None;
         loop {
             let msg = tokio::select! {
                 _ = cancel.cancelled() => return Ok(()),
                 m = stream.message() => m.context("reading the publisher stream")?,
             };
             let Some(u) = msg else { return Ok(()) };
-            let v = Version(u.version);
-            match u.body {
-                Some(Body::Header(h)) => building = Some((self.begin(v, &h)?, h)),
-                Some(Body::Dense(d)) => {
-                    let (b, _) = building
-                        .as_mut()
-                        .ok_or_else(|| anyhow!("dense tensor outside a version"))?;
-                    let values = bytes_f32(&d.values)
-                        .ok_or_else(|| anyhow!("dense tensor {} is not f32s", d.name))?;
-                    b.dense.insert(d.name, Arc::new(values));
-                }
-                Some(Body::Rows(r)) => {
-                    let (b, _) = building
-                        .as_mut()
-                        .ok_or_else(|| anyhow!("rows outside a version"))?;
-                    let deleted = bytes_u64(&r.deleted)
-                        .ok_or_else(|| anyhow!("deleted keys are not u64s"))?;
-                    b.table_mut(&r.table, r.dim as usize)
-                        .and_then(|t| t.apply_bytes(&r.keys, &r.values, &deleted))
-                        .map_err(|e| anyhow!("version {v}: {e}"))?;
-                }
-                Some(Body::End(_)) => {
-                    let (b, h) = building
-                        .take()
-                        .ok_or_else(|| anyhow!("end outside a version"))?;
-                    if b.version != v {
-                        bail!("end of version {v} while building {}", b.version);
-                    }
-                    let rows = b.rows();
-                    self.note_latest(&h, &b);
-                    self.install(b);
-                    tracing::info!(version = v.0, kind = %h.kind, rows, "applied version");
-                    self.confirm(&mut client, v).await?;
-                }
-                None => bail!("empty message from the publisher"),
+            if let Some(v) = self.feed(&mut building, u)? {
+                self.confirm(&mut client, v).await?;
             }
         }
     }
+
+    /// One message of a version (gRPC stream or a version assembled from Kafka):
+    /// header, dense tensors and row chunks build the next version aside; the end
+    /// marker installs it. Returns the version installed, if this message did.
+    pub fn feed(&self, building: &mut Building, u: Update) -> anyhow::Result<Option<Version>> {
+        let v = Version(u.version);
+        match u.body {
+            Some(Body::Header(h)) => *building = Some((self.begin(v, &h)?, h)),
+            Some(Body::Dense(d)) => {
+                let (b, _) = building
+                    .as_mut()
+                    .ok_or_else(|| anyhow!("dense tensor outside a version"))?;
+                let values = bytes_f32(&d.values)
+                    .ok_or_else(|| anyhow!("dense tensor {} is not f32s", d.name))?;
+                b.dense.insert(d.name, Arc::new(values));
+            }
+            Some(Body::Rows(r)) => {
+                let (b, _) = building
+                    .as_mut()
+                    .ok_or_else(|| anyhow!("rows outside a version"))?;
+                let deleted =
+                    bytes_u64(&r.deleted).ok_or_else(|| anyhow!("deleted keys are not u64s"))?;
+                b.table_mut(&r.table, r.dim as usize)
+                    .and_then(|t| t.apply_bytes(&r.keys, &r.values, &deleted))
+                    .map_err(|e| anyhow!("version {v}: {e}"))?;
+            }
+            Some(Body::End(_)) => {
+                let (b, h) = building
+                    .take()
+                    .ok_or_else(|| anyhow!("end outside a version"))?;
+                if b.version != v {
+                    bail!("end of version {v} while building {}", b.version);
+                }
+                let rows = b.rows();
+                self.note_latest(&h, &b);
+                self.install(b);
+                tracing::info!(version = v.0, kind = %h.kind, rows, "applied version");
+                return Ok(Some(v));
+            }
+            None => bail!("empty message from the publisher"),
+        }
+        Ok(None)
+    }
 }
+
+/// The version being built from its messages, and its header.
+pub type Building = Option<(ServedVersion, Header)>;
