@@ -141,41 +141,65 @@ struct Timer {
 }
 
 /// Timers bucketed by deadline (about a second per bucket). Deadlines arrive nearly in
-/// order, so a push lands in one of the last buckets and a due bucket is sorted once,
-/// which costs far less than a binary heap's cache-missing sift per timer.
+/// order, so a push lands in one of the last buckets and a bucket is sorted once, when
+/// it becomes due, which costs far less than a binary heap's cache-missing sift per
+/// timer. The watermark moves with almost every event, so the due bucket is consumed a
+/// few timers at a time: it is kept apart (`front`), sorted in reverse, and popped from
+/// its end; a timer pushed into its range (a click in the current second) is inserted
+/// in place.
 #[derive(Default)]
 struct Timers {
     buckets: BTreeMap<i64, Vec<Timer>>,
+    /// The bucket being consumed, by descending `(deadline, seq)`; every timer in
+    /// `buckets` is in a later bucket.
+    front: Vec<Timer>,
+    /// Which bucket `front` holds (`None` while it is empty).
+    front_bucket: Option<i64>,
 }
 
 const BUCKET_SHIFT: u32 = 10;
 
 impl Timers {
     fn push(&mut self, t: Timer) {
-        self.buckets.entry(t.deadline >> BUCKET_SHIFT).or_default().push(t);
+        let bucket = t.deadline >> BUCKET_SHIFT;
+        match self.front_bucket {
+            Some(f) if bucket <= f => {
+                let at = self.front.partition_point(|x| (x.deadline, x.seq) > (t.deadline, t.seq));
+                self.front.insert(at, t);
+            }
+            _ => self.buckets.entry(bucket).or_default().push(t),
+        }
     }
 
     /// Moves every timer with `deadline < limit` (all of them for `None`) into `due`,
     /// in `(deadline, seq)` order.
     fn pop_due(&mut self, limit: Option<i64>, due: &mut Vec<Timer>) {
-        while let Some(mut entry) = self.buckets.first_entry() {
-            let start = *entry.key() << BUCKET_SHIFT;
-            if limit.is_some_and(|l| start >= l) {
-                break;
+        loop {
+            while let Some(t) = self.front.last() {
+                if limit.is_some_and(|l| t.deadline >= l) {
+                    // Every later timer is in this bucket or a later one: not due.
+                    return;
+                }
+                due.extend(self.front.pop());
             }
-            let bucket = entry.get_mut();
-            bucket.sort_unstable_by_key(|t| (t.deadline, t.seq));
-            let n = match limit {
-                Some(l) => bucket.partition_point(|t| t.deadline < l),
-                None => bucket.len(),
+            let Some(entry) = self.buckets.first_entry() else {
+                self.front_bucket = None;
+                return;
             };
-            if n == bucket.len() {
-                due.append(&mut entry.remove());
-            } else {
-                due.extend(bucket.drain(..n));
-                break;
+            if limit.is_some_and(|l| *entry.key() << BUCKET_SHIFT >= l) {
+                self.front_bucket = None;
+                return;
             }
+            let (bucket, mut timers) = entry.remove_entry();
+            timers.sort_unstable_by_key(|t| Reverse((t.deadline, t.seq)));
+            self.front = timers;
+            self.front_bucket = Some(bucket);
         }
+    }
+
+    /// Every pending timer, in no particular order.
+    fn iter(&self) -> impl Iterator<Item = &Timer> {
+        self.front.iter().chain(self.buckets.values().flatten())
     }
 }
 

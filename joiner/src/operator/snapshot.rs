@@ -46,7 +46,7 @@ impl Joiner {
             b.put_u128_le(*key);
             put_key_state(&mut b, state);
         }
-        let timers: Vec<&Timer> = self.timers.buckets.values().flatten().collect();
+        let timers: Vec<&Timer> = self.timers.iter().collect();
         b.put_u64_le(timers.len() as u64);
         for t in timers {
             b.put_i64_le(t.deadline);

@@ -452,3 +452,41 @@ fn timestamps_are_written_as_display_writes_them() {
         assert_eq!(String::from_utf8(out).unwrap(), v.to_string());
     }
 }
+
+/// The timer wheel pops exactly what a sorted list would, in `(deadline, seq)` order,
+/// whatever the mix of pushes into the bucket being consumed, later buckets, and
+/// (defensively) earlier ones.
+#[test]
+fn timers_pop_in_deadline_order_like_a_sorted_list() {
+    let mut timers = Timers::default();
+    let mut reference: Vec<(i64, u64)> = Vec::new();
+    let mut rng = 0x2545_f491_4f6c_dd1du64;
+    let mut next = move |m: u64| {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng % m
+    };
+    let mut wm = 0i64;
+    let mut due = Vec::new();
+    for seq in 0..20_000u64 {
+        let deadline = wm - 2_000 + next(700_000) as i64 * (next(4) == 0) as i64 + next(3_000) as i64;
+        timers.push(Timer { deadline, seq, key: seq as u128, kind: TimerKind::Click });
+        reference.push((deadline, seq));
+        if next(3) == 0 {
+            wm += next(900) as i64;
+            due.clear();
+            timers.pop_due(Some(wm), &mut due);
+            reference.sort_unstable();
+            let n = reference.partition_point(|&(d, _)| d < wm);
+            let want: Vec<(i64, u64)> = reference.drain(..n).collect();
+            assert_eq!(due.iter().map(|t| (t.deadline, t.seq)).collect::<Vec<_>>(), want, "at {wm}");
+        }
+    }
+    assert_eq!(timers.iter().count(), reference.len());
+    due.clear();
+    timers.pop_due(None, &mut due);
+    reference.sort_unstable();
+    assert_eq!(due.iter().map(|t| (t.deadline, t.seq)).collect::<Vec<_>>(), reference);
+    assert_eq!(timers.iter().count(), 0);
+}
