@@ -266,7 +266,10 @@ mod tests {
     fn well_formed_events_of_each_stream() {
         let e = p(r#"{"stream":"exposure","pv_id":"p","item_id":"i","user_id":"u","ts":5,"ctx":{"a":[1]}}"#)
             .unwrap();
-        assert_eq!((e.stream, e.ts, e.pv_id, e.user_id), (StreamKind::Exposure, 5, &b"\"p\""[..], Some(&b"\"u\""[..])));
+        assert_eq!(
+            (e.stream, e.ts, e.pv_id, e.user_id),
+            (StreamKind::Exposure, 5, &b"\"p\""[..], Some(&b"\"u\""[..]))
+        );
         let c = p(r#"{"stream":"click","pv_id":"p","item_id":"i","ts":-7}"#).unwrap();
         assert_eq!((c.stream, c.ts, c.key), (StreamKind::Click, -7, e.key));
         let f =
