@@ -246,6 +246,10 @@ fn run_worker(args: TrainArgs) -> anyhow::Result<()> {
     let retry = Duration::from_secs(tc.retry_deadline_secs);
     let mut ropts = RemoteOptions::new(tc.ps.clone(), format!("worker-{}-of-{}", share.0, share.1));
     ropts.retry_deadline = retry;
+    // As file mode does: the shards' checkpoints and full versions carry the model.
+    ropts
+        .attributes
+        .insert(MODEL_CONFIG_ATTRIBUTE.into(), serde_json::to_string(&cfg)?);
     let obs = http::WorkerObservations::new(format!("{}/{}", share.0, share.1));
     let _http = http::spawn(&tc.http_addr, obs.clone());
     let store = RemoteStore::connect(ropts).context("cannot set up the PS client")?;
