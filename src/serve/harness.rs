@@ -4,7 +4,7 @@
 
 use anyhow::{bail, Context};
 use odl_ps::publish::service::PublishService;
-use odl_ps::publish::{PublishConfig, PublishSource, Publisher};
+use odl_ps::publish::{PublishConfig, PublishSource, Publisher, Role, Wiring};
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
@@ -30,7 +30,23 @@ impl LocalPublisher {
         source: Arc<dyn PublishSource>,
         timers: bool,
     ) -> anyhow::Result<LocalPublisher> {
-        let publisher = Publisher::open(cfg, store_dir, source)?;
+        let wiring = Wiring {
+            local: source.clone(),
+            source,
+            role: Role::Publishing,
+            kafka: None,
+        };
+        Self::start_wired(cfg, store_dir, wiring, timers)
+    }
+
+    /// [`LocalPublisher::start`] with a chosen wiring (e.g. the Kafka transport).
+    pub fn start_wired(
+        cfg: PublishConfig,
+        store_dir: &Path,
+        wiring: Wiring,
+        timers: bool,
+    ) -> anyhow::Result<LocalPublisher> {
+        let publisher = Publisher::open_wired(cfg, store_dir, wiring)?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()

@@ -545,7 +545,14 @@ impl Publisher {
         } else {
             FullCause::Restart
         };
-        self.step(Step::Full(cause)).await;
+        // Increments need a full version under them; with several shards the others
+        // may not answer yet, so the first one is retried until it is cut.
+        while !self.step(Step::Full(cause.clone())).await && self.base()?.is_none() {
+            tokio::select! {
+                _ = cancel.cancelled() => return Ok(()),
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
         let start = tokio::time::Instant::now();
         let first = start + Duration::from_secs(self.cfg.first_trigger_time);
         let dense_every = Duration::from_secs(self.cfg.dense_send_interval_time);
@@ -593,7 +600,8 @@ impl Publisher {
         Ok(())
     }
 
-    async fn step(self: &Arc<Self>, step: Step) {
+    /// Run one publishing step off the async threads; `false` if it failed.
+    async fn step(self: &Arc<Self>, step: Step) -> bool {
         let me = self.clone();
         let done = tokio::task::spawn_blocking(move || match step {
             Step::Full(cause) => me.cut_full(cause).map(Some),
@@ -602,9 +610,15 @@ impl Publisher {
         })
         .await;
         match done {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => tracing::error!(error = %e, "publish failed"),
-            Err(e) => tracing::error!(error = %e, "publish task panicked"),
+            Ok(Ok(_)) => true,
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "publish failed");
+                false
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "publish task panicked");
+                false
+            }
         }
     }
 }
