@@ -269,21 +269,22 @@ fn two_shards_publish_through_kafka_and_nodes_apply_both_shards_rows() {
     .unwrap();
     assert!(node_rows(&part) < total, "{} of {total}", node_rows(&part));
 
-    // Versions reach FINISHED through the topics: both nodes confirmed them.
-    wait_for("a sparse version FINISHED", T, || {
-        c.versions()
-            .iter()
-            .any(|v| v["kind"] == "sparse" && status_of(v) == "FINISHED")
-            .then_some(())
+    // Versions reach FINISHED through the topics: both nodes confirmed them. (A full
+    // version may take the first changes: keep training until increments carry some.)
+    let mut polls = 0u64;
+    wait_for("a sparse and a dense version FINISHED", T, || {
+        polls += 1;
+        if polls % 50 == 0 {
+            push_some(&store, &c.schema, &insts, 0.5);
+        }
+        let vs = c.versions();
+        let done = |kind: &str| {
+            vs.iter()
+                .any(|v| v["kind"] == kind && status_of(v) == "FINISHED")
+        };
+        (done("sparse") && done("dense")).then_some(())
     })
-    .unwrap();
-    wait_for("a dense version FINISHED", T, || {
-        c.versions()
-            .iter()
-            .any(|v| v["kind"] == "dense" && status_of(v) == "FINISHED")
-            .then_some(())
-    })
-    .unwrap();
+    .unwrap_or_else(|e| panic!("{e}: {:#?}", c.versions()));
     // Every version published before the nodes applied their current one is FINISHED.
     let served = model_status(&all).unwrap()["version"].as_u64().unwrap();
     wait_for(
