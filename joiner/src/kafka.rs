@@ -9,8 +9,9 @@
 //! the input offsets as one blob. Killed at any moment and restarted, it restores that
 //! state, reads each partition from the checkpointed offset (nothing earlier: the
 //! windows are in the state), and so emits again exactly what the dead run emitted
-//! after its last checkpoint. It counts those records from the output topics' ends
-//! (it is their only writer) and reports them in `/v1/recovery`, `/metrics` and the log.
+//! after its last checkpoint. It counts those records by reading its output topics
+//! from the ends it had checkpointed (it is their only writer) and reports them in
+//! `/v1/recovery`, `/metrics` and the log.
 //!
 //! A message's stream is its topic's, unless it names one itself (a top-level
 //! `"stream"` field, as in a replay file), which then decides: the simulator writes
@@ -98,8 +99,23 @@ struct Outputs {
     samples: KafkaSink,
     audit: KafkaSink,
     dead_letter: KafkaSink,
-    /// Never polled: they read the output topics' ends for the checkpoints.
-    ends: [KafkaSource; 3],
+    /// Per output (samples, audit, dead letter), the offset after the last record
+    /// acknowledged, from the producers' delivery reports (a broker's reported high
+    /// watermark may lag behind what it acknowledged: tansu's does).
+    ends: [Offsets; 3],
+}
+
+impl Outputs {
+    /// Takes the delivery reports of everything flushed into `ends`.
+    fn note_delivered(&mut self) {
+        let sinks = [&self.samples, &self.audit, &self.dead_letter];
+        for (ends, sink) in self.ends.iter_mut().zip(sinks) {
+            for (p, d) in sink.take_delivered() {
+                let end = ends.entry(p).or_insert(0);
+                *end = (*end).max(d.last_offset + 1);
+            }
+        }
+    }
 }
 
 struct KafkaJoiner<'a> {
@@ -153,9 +169,12 @@ impl<'a> KafkaJoiner<'a> {
             }
             inputs.push(Input { stream, topic: topic.to_string(), source });
         }
-        let Some(outputs) = retry.run("opening the output topics", || open_outputs(kafka, topics))? else {
+        let Some(mut outputs) = retry.run("opening the output topics", || open_outputs(kafka, topics))? else {
             return Ok(None);
         };
+        for (i, t) in topics.outputs().iter().enumerate() {
+            outputs.ends[i] = positions.outputs.get(*t).cloned().unwrap_or_default();
+        }
         let parser = Parser::default();
         let mut j = KafkaJoiner { config, handles, stop, store, joiner, parser, inputs, outputs, watermarks };
         if let Some(c) = &checkpoint {
@@ -166,17 +185,20 @@ impl<'a> KafkaJoiner<'a> {
         Ok(Some(j))
     }
 
-    /// Counts what the dead run emitted after checkpoint `c` and logs the restore.
+    /// Counts what the dead run emitted after checkpoint `c` (by reading the output
+    /// topics from the checkpointed ends: at most one checkpoint interval of records)
+    /// and logs the restore.
     fn report_restore(&mut self, c: &Checkpoint) -> Result<Option<()>> {
         let retry = Retry { handles: self.handles, stop: self.stop, deadline: None };
         let topics = self.config.topics.outputs();
         let mut counts = [0u64; 3];
-        for (i, ends) in self.outputs.ends.iter().enumerate() {
-            let Some(now) = retry.run("reading the output topics' ends", || ends.end_offsets())? else {
-                return Ok(None);
-            };
-            let then = c.positions.outputs.get(topics[i]).cloned().unwrap_or_default();
-            counts[i] = records_after(&then, &now);
+        for (i, topic) in topics.iter().enumerate() {
+            let from = c.positions.outputs.get(*topic).cloned().unwrap_or_default();
+            let counted = retry.run("counting the records after the checkpoint", || {
+                count_records(&self.config.kafka, topic, &from)
+            })?;
+            let Some(n) = counted else { return Ok(None) };
+            counts[i] = n;
         }
         let reemitted = PerOutput { samples: counts[0], audit: counts[1], dead_letter: counts[2] };
         tracing::info!(
@@ -349,13 +371,11 @@ impl<'a> KafkaJoiner<'a> {
             return self.give_up("the outputs could not be flushed");
         };
         self.broker_ok();
+        self.outputs.note_delivered();
         let topics = self.config.topics.outputs();
         let mut positions = Positions::default();
         for (i, ends) in self.outputs.ends.iter().enumerate() {
-            let Some(e) = retry.run("reading the output topics' ends", || ends.end_offsets())? else {
-                return self.give_up("the output topics' ends could not be read");
-            };
-            positions.outputs.insert(topics[i].to_string(), e);
+            positions.outputs.insert(topics[i].to_string(), ends.clone());
         }
         for (i, input) in self.inputs.iter().enumerate() {
             positions.inputs.insert(input.topic.clone(), input.source.positions().clone());
@@ -474,22 +494,30 @@ fn create_missing(cfg: &KafkaConfig, names: &[&str], partitions: i32) -> std::re
 }
 
 fn open_outputs(cfg: &KafkaConfig, t: &crate::config::Topics) -> std::result::Result<Outputs, StreamError> {
-    let none = Offsets::new();
     Ok(Outputs {
         samples: KafkaSink::create(cfg, &t.samples)?,
         audit: KafkaSink::create(cfg, &t.audit)?,
         dead_letter: KafkaSink::create(cfg, &t.dead_letter)?,
-        ends: [
-            KafkaSource::assign(cfg, &t.samples, &none)?,
-            KafkaSource::assign(cfg, &t.audit, &none)?,
-            KafkaSource::assign(cfg, &t.dead_letter, &none)?,
-        ],
+        ends: Default::default(),
     })
 }
 
-/// Records between the ends `then` and `now` of a topic, over its partitions.
-fn records_after(then: &Offsets, now: &Offsets) -> u64 {
-    now.iter().map(|(p, &end)| (end - then.get(p).copied().unwrap_or(0)).max(0) as u64).sum()
+/// How long a count of the records after a checkpoint waits for more before it is done.
+const COUNT_QUIET: Duration = Duration::from_secs(1);
+
+/// The records of `topic` from `from` (the beginning of partitions absent there) to
+/// its end, read and counted.
+fn count_records(cfg: &KafkaConfig, topic: &str, from: &Offsets) -> std::result::Result<u64, StreamError> {
+    let mut source = KafkaSource::assign(cfg, topic, from)?;
+    let mut n = 0u64;
+    let mut last = Instant::now();
+    while last.elapsed() < COUNT_QUIET {
+        if let Poll::Records(rs) = source.poll(BATCH, Duration::from_millis(100))? {
+            n += rs.len() as u64;
+            last = Instant::now();
+        }
+    }
+    Ok(n)
 }
 
 /// The stream to push a message as, and its event time when it is well-formed: the

@@ -2,7 +2,8 @@
 //! joiner into samples, audit and dead-letter files, with the stats file rewritten
 //! atomically while it runs (JOIN.md "Running it").
 //!
-//! `odl join --kafka [--config FILE]`: the streaming joiner over the topics of the
+//! `odl join [--kafka] [--config FILE]` (Kafka mode is implied without replay files):
+//! the streaming joiner over the topics of the
 //! config's `[kafka]`/`[topics]`/`[streaming]` sections ([`odl_joiner::kafka`]), with
 //! its HTTP routes (`/stats`, `/v1/quality`, `/v1/recovery`, `/metrics`, `/healthz`,
 //! `/readyz`). It prints `odl join ready http=ADDR` on stderr once the routes are up
@@ -24,16 +25,16 @@ mod kafka;
 #[derive(clap::Args, Debug)]
 pub struct JoinArgs {
     /// Replay file of all four streams in arrival order (`-` = standard input).
-    #[arg(long, required_unless_present = "kafka")]
+    #[arg(long)]
     pub input: Option<String>,
     /// Samples, one JSON object per line (`-` = standard output).
-    #[arg(long, required_unless_present = "kafka")]
+    #[arg(long)]
     pub out: Option<String>,
     /// The audited share of the samples.
-    #[arg(long, required_unless_present = "kafka")]
+    #[arg(long)]
     pub audit: Option<String>,
     /// Join statistics (JSON), rewritten atomically during the run and at its end.
-    #[arg(long, required_unless_present = "kafka")]
+    #[arg(long)]
     pub stats: Option<PathBuf>,
     /// Malformed and late lines with their reason; counted only if absent.
     #[arg(long)]
@@ -42,18 +43,18 @@ pub struct JoinArgs {
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// Stream from Kafka (the config's [kafka], [topics], [streaming]) instead of
-    /// replaying a file.
+    /// replaying a file; implied when none of the replay files is given.
     #[arg(long, conflicts_with_all = ["input", "out", "audit", "stats", "dead_letter"])]
     pub kafka: bool,
     /// Kafka mode: HTTP address, overriding streaming.http_addr (port 0: any free one).
-    #[arg(long, requires = "kafka")]
+    #[arg(long, conflicts_with = "input")]
     pub http_addr: Option<String>,
     /// Kafka mode: checkpoint directory, overriding streaming.checkpoint_dir.
-    #[arg(long, requires = "kafka")]
+    #[arg(long, conflicts_with = "input")]
     pub checkpoint_dir: Option<PathBuf>,
     /// Kafka mode: overrides streaming.exit_when_idle_ms (drain and exit once every
     /// input is read to its end and quiet this long; 0 = run until stopped).
-    #[arg(long, requires = "kafka")]
+    #[arg(long, conflicts_with = "input")]
     pub exit_when_idle_ms: Option<u64>,
 }
 
@@ -68,7 +69,8 @@ pub struct ReplayFiles {
 
 pub fn run(args: JoinArgs) -> anyhow::Result<()> {
     let mut config = JoinerConfig::load(args.config.as_deref()).context("bad joiner config")?;
-    if args.kafka {
+    let replay = args.input.is_some() || args.out.is_some() || args.audit.is_some() || args.stats.is_some();
+    if args.kafka || !replay {
         let s = &mut config.streaming;
         s.http_addr = args.http_addr.unwrap_or(std::mem::take(&mut s.http_addr));
         s.checkpoint_dir = args.checkpoint_dir.unwrap_or(std::mem::take(&mut s.checkpoint_dir));
@@ -76,7 +78,7 @@ pub fn run(args: JoinArgs) -> anyhow::Result<()> {
         return kafka::run(config);
     }
     let (Some(input), Some(out), Some(audit), Some(stats)) = (args.input, args.out, args.audit, args.stats) else {
-        anyhow::bail!("--input, --out, --audit and --stats are required without --kafka");
+        anyhow::bail!("a replay needs all of --input, --out, --audit and --stats (or none of them for Kafka mode)");
     };
     let files = ReplayFiles { input, out, audit, stats, dead_letter: args.dead_letter };
     let stats = run_files(&config, &files)?;

@@ -1,7 +1,10 @@
 //! `odl simulate`: write a simulated replay file (and the ground truth), print the
-//! summary (JSON) on stdout.
+//! summary (JSON) on stdout. With `--kafka`, the lines go to one topic per stream
+//! instead (created if missing), at `--rate` or as fast as the broker takes them.
 
+use crate::simulate::kafka::{KafkaRouter, StreamTopics};
 use crate::simulate::{generate, SimConfig, SimOptions};
+use odl_proto::stream::kafka::KafkaConfig;
 use anyhow::Context;
 use odl_proto::stream::{FileSink, RecordSink};
 use std::path::PathBuf;
@@ -19,14 +22,31 @@ pub struct SimulateArgs {
     #[arg(long)]
     pub rate: Option<f64>,
     /// The replay file (`-` = standard output).
-    #[arg(long)]
-    pub out: String,
+    #[arg(long, required_unless_present = "kafka")]
+    pub out: Option<String>,
     /// One line per exposure with its true click and detail-click probabilities.
     #[arg(long)]
     pub truth: Option<String>,
     /// Simulator config overriding configs/simulate.toml.
     #[arg(long)]
     pub config: Option<PathBuf>,
+    /// Produce to Kafka, one topic per stream, instead of writing a replay file.
+    #[arg(long, conflicts_with = "out")]
+    pub kafka: bool,
+    /// Kafka mode: bootstrap servers.
+    #[arg(long, default_value = "127.0.0.1:9092", requires = "kafka")]
+    pub brokers: String,
+    /// Kafka mode: partitions of a topic created because it is missing.
+    #[arg(long, default_value_t = 4, requires = "kafka")]
+    pub partitions: i32,
+    #[arg(long, default_value = "odl.exposure", requires = "kafka")]
+    pub exposure_topic: String,
+    #[arg(long, default_value = "odl.click", requires = "kafka")]
+    pub click_topic: String,
+    #[arg(long, default_value = "odl.detail_click", requires = "kafka")]
+    pub detail_click_topic: String,
+    #[arg(long, default_value = "odl.feature", requires = "kafka")]
+    pub feature_topic: String,
 }
 
 pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
@@ -34,7 +54,19 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
     if args.rate.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
         anyhow::bail!("--rate must be a positive number of events per second");
     }
-    let mut out = FileSink::create(&args.out)?;
+    let mut out: Box<dyn RecordSink> = match &args.out {
+        Some(path) => Box::new(FileSink::create(path)?),
+        None => {
+            let topics = StreamTopics {
+                exposure: args.exposure_topic.clone(),
+                click: args.click_topic.clone(),
+                detail_click: args.detail_click_topic.clone(),
+                feature: args.feature_topic.clone(),
+            };
+            let cfg = KafkaConfig::new(&args.brokers);
+            Box::new(KafkaRouter::create(&cfg, &topics, args.partitions).context("connecting to Kafka")?)
+        }
+    };
     let mut truth = match &args.truth {
         Some(p) => Some(FileSink::create(p)?),
         None => None,
@@ -42,7 +74,7 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
     let opts = SimOptions { seed: args.seed, events: args.events, rate: args.rate };
     let summary = generate(&config, &opts, &mut out, truth.as_mut().map(|t| t as &mut dyn RecordSink))?;
     let text = serde_json::to_string_pretty(&summary)?;
-    if args.out == "-" {
+    if args.out.as_deref() == Some("-") {
         eprintln!("{text}");
     } else {
         println!("{text}");

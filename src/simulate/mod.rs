@@ -11,10 +11,12 @@
 //!
 //! - [`config`]: the typed configuration (`configs/simulate.toml`);
 //! - [`world`]: users, items and the hidden (drifting, logistic) model;
-//! - [`auc`]: the oracle AUC in fixed memory.
+//! - [`auc`]: the oracle AUC in fixed memory;
+//! - [`kafka`]: `--kafka`, the lines routed to one topic per stream.
 
 pub mod auc;
 pub mod config;
+pub mod kafka;
 pub mod world;
 
 use auc::BinnedAuc;

@@ -5,6 +5,7 @@
 use clap::Subcommand;
 
 pub mod join;
+pub mod kafka;
 pub mod publish;
 pub mod serve;
 pub mod train;
@@ -13,6 +14,9 @@ pub mod train;
 pub enum BenchCommand {
     /// Replay a simulated stream through the joiner: events/s and peak RSS.
     Join(join::BenchJoinArgs),
+    /// Simulated events through the broker into the Kafka joiner, against the broker's
+    /// own produce->consume rate.
+    Kafka(kafka::BenchKafkaArgs),
     /// Train the default model on simulated samples: samples/s (file and cluster), RSS.
     Train(train::BenchTrainArgs),
     /// Publish a large sparse version to serving nodes: time to FINISHED.
@@ -24,6 +28,7 @@ pub enum BenchCommand {
 pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::Join(a) => join::run(a),
+        BenchCommand::Kafka(a) => kafka::run(a),
         BenchCommand::Train(a) => train::run(a),
         BenchCommand::Publish(a) => publish::run(a),
         BenchCommand::Serve(a) => serve::run(a),

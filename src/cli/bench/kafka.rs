@@ -1,0 +1,236 @@
+//! `odl bench kafka`: simulated events through the broker into the joiner (a child
+//! `odl join --kafka`) and samples out, against the broker's own produce→consume rate
+//! measured in the same run with the same messages and no joiner.
+//!
+//! - broker baseline: the N simulated lines produced to one topic and consumed back;
+//!   events/s from the first send to the last record read;
+//! - end to end: the joiner started and idle first, then the same N lines produced to
+//!   the four input topics; events/s from the first send until the joiner's `/stats`
+//!   has received all N (each joined, dead-lettered or pending), and the joiner's CPU
+//!   time as a share of that wall time (from /proc);
+//! - target (issue 7): end to end at least 80% of the baseline (the joiner is not the
+//!   bottleneck).
+//!
+//! Needs a broker (`scripts/kafka-up`); every run uses fresh topics.
+
+use crate::serve::client::HttpClient;
+use crate::simulate::kafka::{KafkaRouter, StreamTopics};
+use crate::simulate::{generate, SimConfig, SimOptions, VecSink};
+use anyhow::{bail, Context};
+use odl_proto::stream::kafka::{ensure_topics, KafkaConfig, KafkaSink, KafkaSource, Offsets};
+use odl_proto::stream::{Poll, RecordSink, RecordSource};
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+#[derive(clap::Args, Debug)]
+pub struct BenchKafkaArgs {
+    /// Events in the simulated stream.
+    #[arg(long, default_value_t = 500_000)]
+    pub events: u64,
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    #[arg(long, default_value = "127.0.0.1:9092")]
+    pub brokers: String,
+    /// Partitions of each topic.
+    #[arg(long, default_value_t = 4)]
+    pub partitions: i32,
+}
+
+pub fn run(args: BenchKafkaArgs) -> anyhow::Result<()> {
+    let cfg = KafkaConfig::new(&args.brokers);
+    odl_proto::stream::kafka::check_connection(&cfg, Duration::from_secs(5))
+        .with_context(|| format!("no broker at {} (scripts/kafka-up starts one)", args.brokers))?;
+    let t = Instant::now();
+    let mut lines = VecSink::default();
+    let opts = SimOptions { seed: args.seed, events: args.events, rate: None };
+    generate(&SimConfig::load(None)?, &opts, &mut lines, None)?;
+    let lines = lines.lines;
+    let bytes: usize = lines.iter().map(Vec::len).sum();
+    eprintln!("simulated {} events ({} MB) in {:.1} s", lines.len(), bytes >> 20, t.elapsed().as_secs_f64());
+    let tag = format!("bench-{}-{}", std::process::id(), t.elapsed().as_nanos());
+
+    let baseline = broker_round_trip(&cfg, &format!("{tag}-baseline"), args.partitions, &lines)?;
+    eprintln!("broker produce->consume: {:.0} events/s", lines.len() as f64 / baseline);
+    let e2e = through_joiner(&cfg, &tag, args.partitions, &lines)?;
+
+    let n = lines.len() as f64;
+    let report = serde_json::json!({
+        "events": lines.len(),
+        "mb": bytes >> 20,
+        "partitions": args.partitions,
+        "broker_produce_consume_events_per_sec": (n / baseline) as u64,
+        "end_to_end_events_per_sec": (n / e2e.seconds) as u64,
+        "end_to_end_vs_broker": ((baseline / e2e.seconds) * 1000.0).round() / 1000.0,
+        "end_to_end_seconds": e2e.seconds,
+        "produce_seconds": e2e.produce_seconds,
+        "joiner_cpu_seconds": e2e.joiner_cpu_seconds,
+        "joiner_cpu_share_of_wall": ((e2e.joiner_cpu_seconds / e2e.seconds) * 1000.0).round() / 1000.0,
+        "samples_emitted": e2e.samples,
+        "target": "end_to_end_vs_broker >= 0.8",
+    });
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    Ok(())
+}
+
+/// Seconds to produce `lines` to a fresh topic and consume them all back.
+fn broker_round_trip(cfg: &KafkaConfig, topic: &str, partitions: i32, lines: &[Vec<u8>]) -> anyhow::Result<f64> {
+    ensure_topics(cfg, &[(topic, partitions)])?;
+    let mut source = KafkaSource::assign(cfg, topic, &Offsets::new())?;
+    let started = Instant::now();
+    let consumer = std::thread::scope(|s| -> anyhow::Result<()> {
+        let producer = s.spawn(|| -> anyhow::Result<()> {
+            let mut sink = KafkaSink::create(cfg, topic)?;
+            for l in lines {
+                sink.send(None, l)?;
+            }
+            Ok(sink.flush()?)
+        });
+        let mut read = 0;
+        let deadline = Instant::now() + Duration::from_secs(600);
+        while read < lines.len() {
+            if Instant::now() > deadline {
+                bail!("consumed only {read} of {} records in 10 minutes", lines.len());
+            }
+            if let Poll::Records(rs) = source.poll(10_000, Duration::from_millis(100))? {
+                read += rs.len();
+            }
+        }
+        producer.join().map_err(|_| anyhow::anyhow!("producer thread panicked"))?
+    });
+    consumer?;
+    Ok(started.elapsed().as_secs_f64())
+}
+
+struct EndToEnd {
+    seconds: f64,
+    produce_seconds: f64,
+    joiner_cpu_seconds: f64,
+    samples: u64,
+}
+
+/// The joiner as a child process on fresh topics, idle first; then the lines produced
+/// to the input topics; timed until its /stats has received every line.
+fn through_joiner(cfg: &KafkaConfig, tag: &str, partitions: i32, lines: &[Vec<u8>]) -> anyhow::Result<EndToEnd> {
+    let dir = std::env::temp_dir().join(tag);
+    std::fs::create_dir_all(&dir)?;
+    let topic = |s: &str| format!("{tag}-{s}");
+    let topics = StreamTopics {
+        exposure: topic("exposure"),
+        click: topic("click"),
+        detail_click: topic("detail_click"),
+        feature: topic("feature"),
+    };
+    let config = dir.join("joiner.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "stats_interval_ms = 200\n[kafka]\nbrokers = \"{}\"\n[topics]\nexposure = \"{}\"\nclick = \"{}\"\n\
+             detail_click = \"{}\"\nfeature = \"{}\"\nsamples = \"{}\"\naudit = \"{}\"\ndead_letter = \"{}\"\n\
+             partitions = {partitions}\n[streaming]\ncheckpoint_dir = \"{}\"\n",
+            cfg.brokers,
+            topics.exposure,
+            topics.click,
+            topics.detail_click,
+            topics.feature,
+            topic("samples"),
+            topic("audit"),
+            topic("dead"),
+            dir.join("ckpt").display()
+        ),
+    )?;
+    let mut router = KafkaRouter::create(cfg, &topics, partitions)?;
+    let mut joiner = Joiner::start(&config)?;
+    let started = Instant::now();
+    for l in lines {
+        router.send(None, l)?;
+    }
+    router.flush()?;
+    let produce_seconds = started.elapsed().as_secs_f64();
+    let deadline = Instant::now() + Duration::from_secs(900);
+    let samples = loop {
+        let s = joiner.stats()?;
+        let received = ["exposure", "click", "detail_click", "feature"]
+            .iter()
+            .map(|k| s[k]["received"].as_u64().unwrap_or(0))
+            .sum::<u64>()
+            + s["malformed"].as_u64().unwrap_or(0);
+        if received >= lines.len() as u64 {
+            break s["samples"]["emitted"].as_u64().unwrap_or(0);
+        }
+        if Instant::now() > deadline {
+            bail!("the joiner received {received} of {} events in 15 minutes", lines.len());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let seconds = started.elapsed().as_secs_f64();
+    let joiner_cpu_seconds = joiner.cpu_seconds().unwrap_or(f64::NAN);
+    drop(joiner);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(EndToEnd { seconds, produce_seconds, joiner_cpu_seconds, samples })
+}
+
+/// The `odl join --kafka` child; killed on drop.
+struct Joiner {
+    child: Child,
+    http: HttpClient,
+}
+
+impl Joiner {
+    fn start(config: &std::path::Path) -> anyhow::Result<Self> {
+        let exe = std::env::current_exe().context("locating the odl binary")?;
+        let mut child = Command::new(exe)
+            .args(["join", "--kafka", "--http-addr", "127.0.0.1:0", "--config"])
+            .arg(config)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting odl join --kafka")?;
+        let stderr = child.stderr.take().context("joiner stderr")?;
+        let mut lines = BufReader::new(stderr).lines();
+        let addr = loop {
+            match lines.next() {
+                Some(Ok(l)) => {
+                    if let Some(a) = l.strip_prefix("odl join ready http=") {
+                        break a.trim().to_string();
+                    }
+                }
+                _ => bail!("odl join --kafka exited before it was ready"),
+            }
+        };
+        // Keep draining its stderr so it never blocks on a full pipe.
+        std::thread::spawn(move || lines.for_each(drop));
+        let mut j = Joiner { child, http: HttpClient::connect(&addr)? };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while j.http.get("/readyz")?.0 != 200 {
+            if Instant::now() > deadline {
+                bail!("the joiner did not become ready (broker?)");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(j)
+    }
+
+    fn stats(&mut self) -> anyhow::Result<serde_json::Value> {
+        let (status, body) = self.http.get("/stats")?;
+        anyhow::ensure!(status == 200, "GET /stats: {status}");
+        Ok(serde_json::from_slice(&body)?)
+    }
+
+    /// utime + stime of the child (/proc/PID/stat, clock ticks of 1/100 s).
+    fn cpu_seconds(&self) -> Option<f64> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).ok()?;
+        let after = stat.rsplit_once(')')?.1;
+        let f: Vec<&str> = after.split_whitespace().collect();
+        let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+        Some(ticks / 100.0)
+    }
+}
+
+impl Drop for Joiner {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
