@@ -50,6 +50,9 @@ const BATCH: usize = 8192;
 /// How long one consumer's poll may wait when the last round brought nothing.
 const IDLE_POLL: Duration = Duration::from_millis(50);
 const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often the consumer lag is read (a broker round trip per input partition, so
+/// not at every stats tick).
+const LAG_EVERY: Duration = Duration::from_secs(2);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// How long a shutdown keeps retrying the final flush while the broker is down
@@ -224,6 +227,7 @@ impl<'a> KafkaJoiner<'a> {
         let exit_when_idle = Duration::from_millis(self.config.streaming.exit_when_idle_ms);
         let mut last_checkpoint = Instant::now();
         let mut last_stats: Option<Instant> = None;
+        let mut last_lag: Option<Instant> = None;
         let mut last_message = Instant::now();
         let mut busy = false;
         let mut backoff = BACKOFF_MIN;
@@ -231,8 +235,12 @@ impl<'a> KafkaJoiner<'a> {
             // First thing: the lag check tells the watermarks which partitions have
             // records waiting before any is read.
             if last_stats.is_none_or(|t| t.elapsed() >= stats_every) {
-                self.tick();
+                self.handles.observations.publish(&self.joiner);
                 last_stats = Some(Instant::now());
+            }
+            if last_lag.is_none_or(|t| t.elapsed() >= LAG_EVERY) {
+                self.tick();
+                last_lag = Some(Instant::now());
             }
             match self.poll_round(busy) {
                 Ok(n) => {
@@ -329,7 +337,6 @@ impl<'a> KafkaJoiner<'a> {
     /// The lag check is also the broker probe of an idle joiner: it fails while the
     /// broker is down (and stops at the first failure, each one waits for a timeout).
     fn tick(&mut self) {
-        self.handles.observations.publish(&self.joiner);
         let mut lag_by_topic = BTreeMap::new();
         for (i, input) in self.inputs.iter().enumerate() {
             match input.source.lag() {
