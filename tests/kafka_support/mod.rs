@@ -44,7 +44,11 @@ pub fn unique(prefix: &str) -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos())
         .unwrap_or_default();
-    format!("{prefix}-{}-{nanos}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "{prefix}-{}-{nanos}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// Produce `values` (one message each, unkeyed) to `topic`, acknowledged.
@@ -66,15 +70,22 @@ pub fn consume_all(
     quiet: Duration,
     timeout: Duration,
 ) -> Vec<(Option<Vec<u8>>, Vec<u8>)> {
-    let mut source = KafkaSource::assign(&config(brokers), topic, &Offsets::new()).expect("consumer");
+    let mut source =
+        KafkaSource::assign(&config(brokers), topic, &Offsets::new()).expect("consumer");
     let deadline = Instant::now() + timeout;
     let mut out = Vec::new();
     let mut last = Instant::now();
     while Instant::now() < deadline {
-        match source.poll(10_000, Duration::from_millis(200)).expect("poll") {
+        match source
+            .poll(10_000, Duration::from_millis(200))
+            .expect("poll")
+        {
             Poll::Records(rs) => {
                 last = Instant::now();
-                out.extend(rs.into_iter().map(|r| (r.key.map(|k| k.to_vec()), r.value.to_vec())));
+                out.extend(
+                    rs.into_iter()
+                        .map(|r| (r.key.map(|k| k.to_vec()), r.value.to_vec())),
+                );
             }
             Poll::Idle | Poll::End => {
                 if out.len() >= expected && last.elapsed() >= quiet {
