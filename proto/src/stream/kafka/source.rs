@@ -27,23 +27,73 @@ pub struct KafkaSource {
     /// Whether offsets are committed to a consumer group (subscribe) or kept by the
     /// caller (assign).
     grouped: bool,
+    /// Group mode: the least time between two commits to the broker (see
+    /// [`KafkaSource::set_commit_interval`]).
+    commit_interval: Duration,
+    last_commit: Option<Instant>,
 }
 
 /// Rebalance callbacks run inside `poll`; they record what the group took away, so
-/// the source stops tracking (and committing) partitions it no longer owns.
+/// the source stops tracking (and committing) partitions it no longer owns, and they
+/// commit what was processed of a revoked partition before its next owner reads it.
 #[derive(Default)]
 struct GroupContext {
     revoked: Arc<Mutex<Vec<i32>>>,
     assigned: Arc<Mutex<Vec<i32>>>,
+    /// Group mode: the positions the caller declared processed (`commit`), committed
+    /// to the broker or waiting for the next commit.
+    processed: Mutex<Offsets>,
+    /// What the broker acknowledged last, so an unchanged position is not sent again.
+    committed: Mutex<Offsets>,
+    topic: String,
+}
+
+impl GroupContext {
+    /// Commit the processed positions of `partitions` (all of them: `None`).
+    fn commit_processed<C: Consumer<GroupContext>>(&self, consumer: &C, partitions: Option<&[i32]>) -> Result<()> {
+        let processed = lock(&self.processed);
+        let mut committed = lock(&self.committed);
+        let mut tpl = TopicPartitionList::new();
+        for (&p, &next) in processed.iter() {
+            let wanted = partitions.map_or(true, |ps| ps.contains(&p));
+            if wanted && committed.get(&p) != Some(&next) {
+                tpl.add_partition_offset(&self.topic, p, Offset::Offset(next))
+                    .map_err(|e| broker_error("building the commit", e))?;
+            }
+        }
+        if tpl.count() == 0 {
+            return Ok(());
+        }
+        consumer
+            .commit(&tpl, CommitMode::Sync)
+            .map_err(|e| StreamError::Broker(format!("committing offsets of {}: {e}", self.topic)))?;
+        for e in tpl.elements() {
+            if let Offset::Offset(o) = e.offset() {
+                committed.insert(e.partition(), o);
+            }
+        }
+        Ok(())
+    }
 }
 
 impl ClientContext for GroupContext {}
 
 impl ConsumerContext for GroupContext {
-    fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(tpl) = rebalance {
             let parts: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
             tracing::info!(partitions = ?parts, "kafka: partitions revoked");
+            // What was processed of them is committed now where the broker allows it
+            // (some, like librdkafka's mock, refuse commits once a rebalance began):
+            // otherwise the next owner processes it again. A commit interval of zero
+            // leaves nothing to commit here.
+            if let Err(e) = self.commit_processed(consumer, Some(&parts)) {
+                tracing::warn!("kafka: commit on revocation failed ({e}); the next owner re-reads from the last commit");
+            }
+            for p in &parts {
+                lock(&self.processed).remove(p);
+                lock(&self.committed).remove(p);
+            }
             lock(&self.revoked).extend(parts);
         }
     }
@@ -82,7 +132,7 @@ impl KafkaSource {
     /// Join consumer group `group` on `topic`; the group's committed offsets say where
     /// to start (the beginning of the topic for a new group).
     pub fn subscribe(cfg: &KafkaConfig, topic: &str, group: &str) -> Result<Self> {
-        let consumer = Self::consumer(cfg, Some(group))?;
+        let consumer = Self::consumer(cfg, Some(group), topic)?;
         consumer
             .subscribe(&[topic])
             .map_err(|e| broker_error(&format!("subscribing to {topic}"), e))?;
@@ -100,7 +150,7 @@ impl KafkaSource {
             tpl.add_partition_offset(topic, p, offset)
                 .map_err(|e| broker_error("building the assignment", e))?;
         }
-        let consumer = Self::consumer(cfg, None)?;
+        let consumer = Self::consumer(cfg, None, topic)?;
         consumer
             .assign(&tpl)
             .map_err(|e| broker_error(&format!("assigning {topic}"), e))?;
@@ -120,7 +170,7 @@ impl KafkaSource {
             tpl.add_partition_offset(topic, p, offset)
                 .map_err(|e| broker_error("building the assignment", e))?;
         }
-        let consumer = Self::consumer(cfg, None)?;
+        let consumer = Self::consumer(cfg, None, topic)?;
         consumer
             .assign(&tpl)
             .map_err(|e| broker_error(&format!("assigning {topic}"), e))?;
@@ -129,18 +179,41 @@ impl KafkaSource {
         Ok(source)
     }
 
-    fn consumer(cfg: &KafkaConfig, group: Option<&str>) -> Result<BaseConsumer<GroupContext>> {
+    fn consumer(cfg: &KafkaConfig, group: Option<&str>, topic: &str) -> Result<BaseConsumer<GroupContext>> {
         let mut client = cfg.client(CONSUMER_DEFAULTS);
         // librdkafka wants a group id even for a plain assignment; it is never used
         // for commits there.
         client.set("group.id", group.unwrap_or("odl-unused-assign-only"));
         client
-            .create_with_context(GroupContext::default())
+            .create_with_context(GroupContext { topic: topic.to_string(), ..GroupContext::default() })
             .map_err(|e| broker_error("creating a consumer", e))
     }
 
     fn new(consumer: BaseConsumer<GroupContext>, topic: &str, grouped: bool) -> Self {
-        KafkaSource { consumer, topic: topic.to_string(), returned: Offsets::new(), grouped }
+        KafkaSource {
+            consumer,
+            topic: topic.to_string(),
+            returned: Offsets::new(),
+            grouped,
+            commit_interval: Duration::ZERO,
+            last_commit: None,
+        }
+    }
+
+    /// Group mode: let `commit` reach the broker at most once per `interval` (default:
+    /// every call), saving a broker round trip per small batch. What was declared
+    /// processed in between is committed when the source is dropped and, where the
+    /// broker accepts it, when a partition is revoked; a crash (or a broker that
+    /// refuses commits during a rebalance) has the next owner process it again.
+    pub fn set_commit_interval(&mut self, interval: Duration) {
+        self.commit_interval = interval;
+    }
+
+    /// Group mode: commit every processed position now, whatever the interval.
+    pub fn commit_now(&mut self) -> Result<()> {
+        self.forget_revoked();
+        self.last_commit = Some(Instant::now());
+        self.consumer.context().commit_processed(&self.consumer, None)
     }
 
     pub fn topic(&self) -> &str {
@@ -242,20 +315,32 @@ impl RecordSource for KafkaSource {
         Ok(if out.is_empty() { Poll::Idle } else { Poll::Records(out) })
     }
 
-    /// Group mode: commit the returned positions of the partitions still owned.
-    /// Assign mode: nothing to do (the caller checkpoints [`KafkaSource::positions`]).
+    /// Group mode: the returned positions of the partitions still owned are processed;
+    /// commit them (at most once per commit interval, see
+    /// [`KafkaSource::set_commit_interval`]). Assign mode: nothing to do (the caller
+    /// checkpoints [`KafkaSource::positions`]).
     fn commit(&mut self) -> Result<()> {
         self.forget_revoked();
         if !self.grouped || self.returned.is_empty() {
             return Ok(());
         }
-        let mut tpl = TopicPartitionList::new();
-        for (&p, &next) in &self.returned {
-            tpl.add_partition_offset(&self.topic, p, Offset::Offset(next))
-                .map_err(|e| broker_error("building the commit", e))?;
+        lock(&self.consumer.context().processed).extend(self.returned.iter().map(|(&p, &o)| (p, o)));
+        let due = self.last_commit.map_or(true, |t| t.elapsed() >= self.commit_interval);
+        if due {
+            self.commit_now()?;
         }
-        self.consumer
-            .commit(&tpl, CommitMode::Sync)
-            .map_err(|e| StreamError::Broker(format!("committing offsets of {}: {e}", self.topic)))
+        Ok(())
+    }
+}
+
+impl Drop for KafkaSource {
+    /// A source closed in order commits what was declared processed since the last
+    /// commit, so the partitions' next owner starts right after it.
+    fn drop(&mut self) {
+        if self.grouped {
+            if let Err(e) = self.commit_now() {
+                tracing::warn!("kafka: final commit failed ({e}); the next owner re-reads from the last commit");
+            }
+        }
     }
 }

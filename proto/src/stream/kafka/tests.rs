@@ -96,6 +96,30 @@ fn uncommitted_records_are_read_again_by_the_group() {
     assert_eq!(read(&mut second, 20).len(), 20);
 }
 
+#[test]
+fn throttled_commits_reach_the_broker_when_the_source_closes() {
+    let (_mock, cfg) = cluster("samples", 2);
+    produce(&cfg, "samples", 0..100);
+    let mut first = KafkaSource::subscribe(&cfg, "samples", "g3").expect("subscribe");
+    first.set_commit_interval(Duration::from_secs(3600));
+    assert_eq!(read(&mut first, 100).len(), 100);
+    first.commit().expect("commit"); // the first commit goes out at once
+    produce(&cfg, "samples", 100..160);
+    assert_eq!(read(&mut first, 60).len(), 60);
+    first.commit().expect("commit"); // within the interval: kept, not sent
+    produce(&cfg, "samples", 160..170);
+    assert_eq!(read(&mut first, 10).len(), 10); // read, never declared processed
+
+    // A member of the group started now (the first one still owning every
+    // partition) would start after the first commit.
+    drop(first); // closing commits what was processed, not what was only read
+    let mut second = KafkaSource::subscribe(&cfg, "samples", "g3").expect("subscribe");
+    let mut got = read(&mut second, 10);
+    got.sort();
+    assert_eq!(got, (160..170).collect::<Vec<_>>(), "{got:?}");
+    assert!(drained(&mut second));
+}
+
 /// The mock cluster does not implement CreateTopics (`ensure_topics` is tested against
 /// the real broker in `tests/kafka.rs`); metadata it does answer.
 #[test]
