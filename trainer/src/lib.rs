@@ -11,6 +11,7 @@
 //! - [`worker_config`]: a cluster worker's configuration (`configs/trainer.toml`).
 
 pub mod config;
+pub mod dedup;
 pub mod error;
 pub mod eval;
 mod fasthash;

@@ -17,7 +17,7 @@ use serde::Serialize;
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -70,6 +70,8 @@ pub struct RunStats {
     pub bad_lines: u64,
     /// Store calls that failed retryably and were retried (reconnects to a shard).
     pub retries: u64,
+    /// Live streams: samples skipped because their `sample_id` was trained already.
+    pub duplicates: u64,
 }
 
 /// Where the lines come from: a samples file (read `epochs` times), or a live record
@@ -184,7 +186,9 @@ struct Shared<'a> {
     model: &'a Model,
     store: &'a dyn ParamStore,
     opts: &'a RunOptions,
-    reader: Mutex<SharedReader>,
+    /// The shared file/channel reader, for progress (bytes read); live streams read by
+    /// each thread's own source have none.
+    reader: Option<&'a Mutex<SharedReader>>,
     eval: Mutex<Evaluator>,
     samples: AtomicU64,
     bad: AtomicU64,
@@ -228,6 +232,114 @@ pub fn run_source(
     run_input(model, store, Input::Stream(source), 0, &opts)
 }
 
+/// How a run over live streams ([`run_sources`]) ends, and what it shows while it runs.
+#[derive(Clone, Debug, Default)]
+pub struct StreamRun {
+    /// Set by the caller (SIGTERM): each thread finishes its batch, commits, returns.
+    pub stop: Arc<AtomicBool>,
+    /// End once a thread's source delivered nothing for this long (a drained topic in
+    /// tests and benchmarks); `None`: run until `stop`.
+    pub idle_exit: Option<Duration>,
+    /// How many recent `sample_id`s are remembered to drop re-emitted copies (0: off).
+    pub dedup_window: usize,
+    /// Samples skipped as already trained, readable while the run goes on.
+    pub duplicates: Arc<AtomicU64>,
+}
+
+/// Run `model` over live sources, one thread each (a consumer-group member per thread
+/// on a samples topic: the group spreads the partitions). Each thread polls a batch,
+/// drops the samples whose `sample_id` was trained already, trains, and only then
+/// commits, so a committed record has its gradients in the store, and a partition
+/// that moves to another worker (a rebalance, this worker killed) is trained from the
+/// last commit on. `opts.share` and `opts.epochs` do not apply.
+pub fn run_sources(
+    model: &Model,
+    store: &dyn ParamStore,
+    sources: Vec<Box<dyn RecordSource>>,
+    opts: &RunOptions,
+    stream: &StreamRun,
+) -> Result<(Report, RunStats)> {
+    let shared = Shared::new(model, store, opts, None);
+    let seen = Mutex::new(crate::dedup::SeenIds::new(stream.dedup_window));
+    let loops = sources
+        .into_iter()
+        .map(|source| {
+            let (shared, seen) = (&shared, &seen);
+            move || source_loop(shared, source, seen, stream)
+        })
+        .collect();
+    let (report, mut stats) = run_threads(&shared, loops)?;
+    stats.duplicates = stream.duplicates.load(Ordering::Relaxed);
+    Ok((report, stats))
+}
+
+/// One thread of [`run_sources`].
+fn source_loop(
+    shared: &Shared,
+    mut source: Box<dyn RecordSource>,
+    seen: &Mutex<crate::dedup::SeenIds>,
+    stream: &StreamRun,
+) -> Result<()> {
+    let batch_size = shared.model.config().batch_size;
+    let mut trainer = BatchTrainer::new(shared.model);
+    let mut lines = Vec::with_capacity(batch_size);
+    let mut line_no = 0u64;
+    let mut last_record = Instant::now();
+    let mut outage = Backoff::default();
+    while !stream.stop.load(Ordering::Relaxed) {
+        let records = match source.poll(batch_size, STREAM_POLL_WAIT) {
+            Ok(Poll::Records(records)) => records,
+            Ok(Poll::End) => break,
+            Ok(Poll::Idle) if stream.idle_exit.is_some_and(|d| last_record.elapsed() >= d) => break,
+            Ok(Poll::Idle) => continue,
+            // A broker outage: wait and poll again; nothing was returned, nothing is lost.
+            Err(e) if e.retryable() => {
+                outage.wait(&e);
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        outage = Backoff::default();
+        last_record = Instant::now();
+        lines.clear();
+        {
+            let mut seen = lock(seen);
+            for r in &records {
+                let id = crate::dedup::sample_id(r.key.as_deref(), &r.value);
+                if id.is_some_and(|id| !seen.insert(id)) {
+                    stream.duplicates.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                lines.push(String::from_utf8_lossy(&r.value).into_owned());
+            }
+        }
+        trainer.train(shared, &lines, line_no)?;
+        line_no += records.len() as u64;
+        // The batch is in the store: its records may be committed. A failed commit is
+        // retried by the next one (they are cumulative); until then a new owner of the
+        // partition would train the batch again.
+        if let Err(e) = source.commit() {
+            tracing::warn!("committing the samples' offsets failed ({e}); the next commit retries");
+        }
+    }
+    Ok(())
+}
+
+/// Exponential backoff (50 ms to 2 s) while a broker is unreachable, logged as it goes.
+#[derive(Default)]
+struct Backoff {
+    attempts: u32,
+}
+
+impl Backoff {
+    fn wait(&mut self, e: &odl_proto::stream::StreamError) {
+        let delay = Duration::from_millis(50 << self.attempts.min(5)).min(Duration::from_secs(2));
+        self.attempts += 1;
+        tracing::warn!("samples stream unavailable ({e}); retry {} in {delay:?}", self.attempts);
+        std::thread::sleep(delay);
+    }
+}
+
 fn run_input(
     model: &Model,
     store: &dyn ParamStore,
@@ -235,38 +347,62 @@ fn run_input(
     total_bytes: u64,
     opts: &RunOptions,
 ) -> Result<(Report, RunStats)> {
+    check_share(opts)?;
+    let reader = Mutex::new(SharedReader {
+        input,
+        line_no: 0,
+        bytes_read: 0,
+        total_bytes,
+        share: opts.share,
+    });
+    let shared = Shared::new(model, store, opts, Some(&reader));
+    if opts.epochs == 0 {
+        return Ok(finish(&shared));
+    }
+    let threads = opts.threads.max(1);
+    run_threads(&shared, (0..threads).map(|_| || worker_loop(&shared, &reader)).collect())
+}
+
+fn check_share(opts: &RunOptions) -> Result<()> {
     if opts.share.1 == 0 || opts.share.0 >= opts.share.1 {
         return Err(TrainError::Config(format!(
             "bad worker share {}/{}",
             opts.share.0, opts.share.1
         )));
     }
-    let shared = Shared {
-        model,
-        store,
-        opts,
-        reader: Mutex::new(SharedReader {
-            input,
-            line_no: 0,
-            bytes_read: 0,
-            total_bytes,
-            share: opts.share,
-        }),
-        eval: Mutex::new(Evaluator::new(model.tasks(), model.config().current_window)),
-        samples: AtomicU64::new(0),
-        bad: AtomicU64::new(0),
-        retries: AtomicU64::new(0),
-        start: Instant::now(),
-        next_progress: Mutex::new(Instant::now() + opts.progress_interval),
-    };
-    if opts.epochs == 0 {
-        return Ok(finish(&shared));
+    Ok(())
+}
+
+impl<'a> Shared<'a> {
+    fn new(
+        model: &'a Model,
+        store: &'a dyn ParamStore,
+        opts: &'a RunOptions,
+        reader: Option<&'a Mutex<SharedReader>>,
+    ) -> Self {
+        Shared {
+            model,
+            store,
+            opts,
+            reader,
+            eval: Mutex::new(Evaluator::new(model.tasks(), model.config().current_window)),
+            samples: AtomicU64::new(0),
+            bad: AtomicU64::new(0),
+            retries: AtomicU64::new(0),
+            start: Instant::now(),
+            next_progress: Mutex::new(Instant::now() + opts.progress_interval),
+        }
     }
-    let threads = opts.threads.max(1);
+}
+
+/// Run each loop on its own thread; then the report, with a final progress report to
+/// the store (the publisher's gates see the end of the run).
+fn run_threads<'s, F>(shared: &Shared<'_>, loops: Vec<F>) -> Result<(Report, RunStats)>
+where
+    F: FnOnce() -> Result<()> + Send + 's,
+{
     let results: Vec<Result<()>> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..threads)
-            .map(|_| s.spawn(|| worker_loop(&shared)))
-            .collect();
+        let handles: Vec<_> = loops.into_iter().map(|f| s.spawn(f)).collect();
         handles
             .into_iter()
             .map(|h| {
@@ -278,10 +414,10 @@ fn run_input(
     for r in results {
         r?;
     }
-    let (report, stats) = finish(&shared);
-    if opts.learn {
+    let (report, stats) = finish(shared);
+    if shared.opts.learn {
         let progress = lock(&shared.eval).progress(report.samples);
-        retry(&shared, || Ok(store.report_progress(&progress)?))?;
+        retry(shared, || Ok(shared.store.report_progress(&progress)?))?;
     }
     Ok((report, stats))
 }
@@ -303,6 +439,7 @@ fn finish(shared: &Shared) -> (Report, RunStats) {
     let stats = RunStats {
         bad_lines: shared.bad.load(Ordering::Relaxed),
         retries: shared.retries.load(Ordering::Relaxed),
+        duplicates: 0,
     };
     (report, stats)
 }
@@ -325,18 +462,14 @@ fn retry<T>(shared: &Shared, mut f: impl FnMut() -> Result<T>) -> Result<T> {
     }
 }
 
-fn worker_loop(shared: &Shared) -> Result<()> {
-    let model = shared.model;
-    let batch_size = model.config().batch_size;
+fn worker_loop(shared: &Shared, reader: &Mutex<SharedReader>) -> Result<()> {
+    let batch_size = shared.model.config().batch_size;
     let mut lines = Vec::with_capacity(batch_size);
     let mut spare = Vec::new();
-    let mut batch = Batch::default();
-    let mut builder = model.batch_builder();
-    let mut dense: Option<Arc<Vec<Vec<f32>>>> = None;
-    let mut since_refresh = 0usize;
+    let mut trainer = BatchTrainer::new(shared.model);
     loop {
         let first_line = {
-            let mut r = lock(&shared.reader);
+            let mut r = lock(reader);
             let first = r.line_no;
             r.next_lines(batch_size, &mut lines, &mut spare)?;
             first
@@ -344,8 +477,35 @@ fn worker_loop(shared: &Shared) -> Result<()> {
         if lines.is_empty() {
             return Ok(());
         }
+        trainer.train(shared, &lines, first_line)?;
+    }
+}
+
+/// One thread's batch pipeline: parse the lines, pull, predict (recorded before
+/// learning), push the gradients.
+struct BatchTrainer<'m> {
+    batch: Batch,
+    builder: crate::features::BatchBuilder<'m>,
+    dense: Option<Arc<Vec<Vec<f32>>>>,
+    since_refresh: usize,
+}
+
+impl<'m> BatchTrainer<'m> {
+    fn new(model: &'m Model) -> Self {
+        BatchTrainer {
+            batch: Batch::default(),
+            builder: model.batch_builder(),
+            dense: None,
+            since_refresh: 0,
+        }
+    }
+
+    /// Train on `lines` (`first_line`: the number of the first, for warnings). When it
+    /// returns Ok, the batch's gradients have reached the store.
+    fn train(&mut self, shared: &Shared, lines: &[String], first_line: u64) -> Result<()> {
+        let model = shared.model;
         for (k, line) in lines.iter().enumerate() {
-            if let Err(e) = builder.push_sample_json(line.trim_end()) {
+            if let Err(e) = self.builder.push_sample_json(line.trim_end()) {
                 let n = shared.bad.fetch_add(1, Ordering::Relaxed);
                 if n < 10 {
                     tracing::warn!("skipping line ~{}: {e}", first_line + k as u64 + 1);
@@ -354,35 +514,34 @@ fn worker_loop(shared: &Shared) -> Result<()> {
                 }
             }
         }
-        builder.swap_into(&mut batch);
-        if batch.len == 0 {
-            continue;
+        self.builder.swap_into(&mut self.batch);
+        if self.batch.len == 0 {
+            return Ok(());
         }
-        let refresh = match dense {
+        let refresh = match self.dense {
             None => true,
             // A frozen model's dense tensors never change.
             Some(_) if !shared.opts.learn => false,
-            Some(_) => since_refresh + 1 >= shared.opts.dense_refresh_batches,
+            Some(_) => self.since_refresh + 1 >= shared.opts.dense_refresh_batches,
         };
         if refresh {
-            dense = Some(retry(shared, || model.pull_dense(shared.store))?);
-            since_refresh = 0;
+            self.dense = Some(retry(shared, || model.pull_dense(shared.store))?);
+            self.since_refresh = 0;
         } else {
-            since_refresh += 1;
+            self.since_refresh += 1;
         }
+        let (batch, dense) = (&self.batch, &self.dense);
         let preds = retry(shared, || {
             if shared.opts.learn {
-                model.train_batch(shared.store, &batch, dense.clone())
+                model.train_batch(shared.store, batch, dense.clone())
             } else {
-                let p = model.pull(shared.store, &batch, dense.clone())?;
-                model.predict_params(&batch, &p)
+                let p = model.pull(shared.store, batch, dense.clone())?;
+                model.predict_params(batch, &p)
             }
         })?;
-        lock(&shared.eval).record(&batch, &preds);
-        shared
-            .samples
-            .fetch_add(batch.len as u64, Ordering::Relaxed);
-        maybe_progress(shared)?;
+        lock(&shared.eval).record(batch, &preds);
+        shared.samples.fetch_add(batch.len as u64, Ordering::Relaxed);
+        maybe_progress(shared)
     }
 }
 
@@ -399,10 +558,10 @@ fn maybe_progress(shared: &Shared) -> Result<()> {
     }
     let samples = shared.samples.load(Ordering::Relaxed);
     let elapsed = shared.start.elapsed().as_secs_f64();
-    let (read, total) = {
-        let r = lock(&shared.reader);
+    let (read, total) = shared.reader.map_or((0, 0), |r| {
+        let r = lock(r);
         (r.bytes_read, r.total_bytes)
-    };
+    });
     let eta = if read > 0 && total > read {
         elapsed * (total - read) as f64 / read as f64
     } else {
@@ -561,6 +720,139 @@ mod tests {
             ..RunOptions::default()
         };
         assert!(run_file(&m, &store, f.path(), &bad).is_err());
+    }
+
+    /// A source playing a script of polls, which checks at each commit that every
+    /// batch it returned had its gradients pushed first.
+    struct ScriptedSource {
+        script: std::collections::VecDeque<odl_proto::stream::Result<Poll>>,
+        batches_returned: u64,
+        pushes: Arc<AtomicU64>,
+        commits: Arc<AtomicU64>,
+    }
+
+    impl RecordSource for ScriptedSource {
+        fn poll(&mut self, _: usize, _: Duration) -> odl_proto::stream::Result<Poll> {
+            let p = self.script.pop_front().unwrap_or(Ok(Poll::Idle));
+            if matches!(p, Ok(Poll::Records(_))) {
+                self.batches_returned += 1;
+            }
+            p
+        }
+        fn commit(&mut self) -> odl_proto::stream::Result<()> {
+            assert!(
+                self.pushes.load(Ordering::SeqCst) >= self.batches_returned,
+                "committed before the batch reached the store"
+            );
+            self.commits.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }
+    }
+
+    /// Counts dense pushes: one per trained batch.
+    struct CountingStore {
+        inner: MemStore,
+        pushes: Arc<AtomicU64>,
+    }
+
+    impl odl_proto::params::ParamRead for CountingStore {
+        fn pull_sparse(&self, t: &str, k: &[odl_proto::hashing::FeatureId], o: &mut [f32]) -> odl_proto::params::Result<()> {
+            self.inner.pull_sparse(t, k, o)
+        }
+        fn pull_dense(&self, n: &[String]) -> odl_proto::params::Result<Vec<Vec<f32>>> {
+            self.inner.pull_dense(n)
+        }
+    }
+
+    impl ParamStore for CountingStore {
+        fn declare(&self, s: &odl_proto::params::ModelSchema) -> odl_proto::params::Result<()> {
+            self.inner.declare(s)
+        }
+        fn push_sparse(&self, t: &str, k: &[odl_proto::hashing::FeatureId], g: &[f32]) -> odl_proto::params::Result<()> {
+            self.inner.push_sparse(t, k, g)
+        }
+        fn push_dense(&self, g: &[(String, Vec<f32>)]) -> odl_proto::params::Result<()> {
+            self.inner.push_dense(g)?;
+            self.pushes.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }
+        fn report_progress(&self, p: &odl_proto::params::TrainProgress) -> odl_proto::params::Result<()> {
+            self.inner.report_progress(p)
+        }
+    }
+
+    fn keyed(ids: std::ops::Range<u32>, keyed: bool) -> Poll {
+        Poll::Records(
+            ids.map(|i| odl_proto::stream::Record {
+                key: keyed.then(|| bytes::Bytes::from(format!("pv{i}:it"))),
+                value: bytes::Bytes::from(format!(
+                    r#"{{"sample_id":"pv{i}:it","labels":{{"click":{}}},"features":{{"u":"u{}"}}}}"#,
+                    i % 2,
+                    i % 2
+                )),
+                position: Default::default(),
+            })
+            .collect(),
+        )
+    }
+
+    #[test]
+    fn live_sources_skip_trained_ids_commit_after_pushing_and_ride_out_outages() {
+        let m = model();
+        let pushes = Arc::new(AtomicU64::new(0));
+        let store = CountingStore { inner: MemStore::default(), pushes: pushes.clone() };
+        store.declare(m.schema()).unwrap();
+        let commits = Arc::new(AtomicU64::new(0));
+        let source = |script: Vec<odl_proto::stream::Result<Poll>>| -> Box<dyn RecordSource> {
+            Box::new(ScriptedSource {
+                script: script.into(),
+                batches_returned: 0,
+                pushes: pushes.clone(),
+                commits: commits.clone(),
+            })
+        };
+        let outage = || Err(odl_proto::stream::StreamError::Broker("down".into()));
+        let a = source(vec![Ok(keyed(0..40, true)), outage(), Ok(keyed(40..80, true))]);
+        // The second source re-delivers 30..50 (a restarted joiner's re-emits), by key
+        // and, unkeyed, by the line's own sample_id.
+        let b = source(vec![Ok(Poll::Idle), outage(), Ok(keyed(30..50, false)), Ok(keyed(80..100, true))]);
+        let stream = StreamRun {
+            idle_exit: Some(Duration::from_millis(300)),
+            dedup_window: 1000,
+            ..StreamRun::default()
+        };
+        let (r, stats) = run_sources(&m, &store, vec![a, b], &RunOptions::default(), &stream).unwrap();
+        assert_eq!(r.samples, 100, "each sample learnt once");
+        assert_eq!(stats.duplicates, 20);
+        assert_eq!(stream.duplicates.load(Ordering::SeqCst), 20);
+        assert_eq!(commits.load(Ordering::SeqCst), 4, "one commit per batch");
+    }
+
+    #[test]
+    fn live_sources_stop_when_asked_and_fail_on_a_fatal_error() {
+        let m = model();
+        let store = MemStore::default();
+        store.declare(m.schema()).unwrap();
+        let stream = StreamRun::default();
+        let stop = stream.stop.clone();
+        let (tx, rx) = odl_proto::stream::channel("samples", 16);
+        let stopper = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            stop.store(true, Ordering::SeqCst);
+            tx // kept open: the run ends by the flag, not by the end of the stream
+        });
+        let (r, _) = run_sources(&m, &store, vec![Box::new(rx)], &RunOptions::default(), &stream).unwrap();
+        assert_eq!(r.samples, 0);
+        drop(stopper.join().unwrap());
+
+        let fatal = Box::new(ScriptedSource {
+            script: vec![Err(odl_proto::stream::StreamError::Closed { name: "s".into() })].into(),
+            batches_returned: 0,
+            pushes: Arc::default(),
+            commits: Arc::default(),
+        });
+        let e = run_sources(&m, &store, vec![fatal], &RunOptions::default(), &StreamRun::default()).unwrap_err();
+        assert!(e.to_string().contains("closed") || format!("{e:?}").contains("Closed"), "{e:?}");
     }
 
     #[test]
