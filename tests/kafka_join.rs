@@ -260,4 +260,16 @@ fn a_joiner_killed_mid_stream_loses_no_sample_and_reports_its_duplicates() {
     eprintln!("{} samples before the kill, {duplicates} emitted twice, {reported} reported", emitted_before_kill);
     assert_eq!(duplicates, reported, "the re-emitted samples are counted exactly");
     assert!(duplicates > 0, "the kill came after samples that no checkpoint covered");
+
+    // A trainer worker on the samples topic learns each sample once: the re-emitted
+    // copies are recognised by their sample_id and skipped.
+    let shard = ps_support::start(&ps_support::shard_args(0, 1, ps_support::free_port(), &dir.path().join("ps"), 3600, dir.path()));
+    let wcfg = kafka_support::worker_config(dir.path(), "w", 0, &brokers, &shard.grpc, &t.samples, &unique("trainers"));
+    let mut w = kafka_support::start_worker(&wcfg, &["--exit-when-idle-ms", "3000"]);
+    assert!(wait_exit(&mut w.child, Duration::from_secs(240)).success());
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(dir.path().join("w-report.json")).unwrap()).unwrap();
+    assert_eq!(report["samples"].as_u64().unwrap(), expected.len() as u64, "each sample trained once");
+    let log: Vec<String> = w.log.try_iter().collect();
+    let skipped = log.iter().find_map(|l| l.strip_prefix("duplicates: ")).unwrap_or_else(|| panic!("{}", log.join("\n")));
+    assert!(skipped.starts_with(&format!("{duplicates} ")), "{skipped}");
 }

@@ -11,12 +11,13 @@ use odl_proto::params::ParamStore;
 use odl_ps::remote::{RemoteOptions, RemoteStore};
 use odl_ps::LocalStore;
 use odl_trainer::train::{resolve_fields, run_file, Report, RunOptions, RunStats};
-use odl_trainer::worker_config::{parse_share, TrainerConfig};
+use odl_trainer::worker_config::{parse_share, SampleSource, TrainerConfig};
 use odl_trainer::{Model, ModelConfig};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 mod http;
+mod kafka;
 
 /// The checkpoint attribute holding the model config (JSON of `ModelConfig`).
 pub const MODEL_CONFIG_ATTRIBUTE: &str = "model_config";
@@ -55,6 +56,10 @@ pub struct TrainArgs {
     /// port 0 picks a free one, printed as `http=HOST:PORT`).
     #[arg(long)]
     pub http_addr: Option<String>,
+    /// Cluster mode with `source = "kafka"`: stop (committing, writing the report)
+    /// once no sample arrived for this long; without it the worker runs until SIGTERM.
+    #[arg(long)]
+    pub exit_when_idle_ms: Option<u64>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -212,36 +217,24 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
 }
 
 /// Cluster mode: a worker against the PS shards over gRPC (`odl_ps::RemoteStore`,
-/// which retries an unavailable shard and re-declares the schema when it is back).
+/// which retries an unavailable shard and re-declares the schema when it is back),
+/// reading its share of a samples file or, as a consumer-group member, the samples topic.
 fn run_worker(args: TrainArgs) -> anyhow::Result<()> {
-    let mut tc = TrainerConfig::load(args.config.as_deref()).context("bad trainer config")?;
-    if let Some(s) = &args.samples {
-        tc.samples = s.display().to_string();
-    }
-    if let Some(m) = &args.model_config {
-        tc.model_config = m.display().to_string();
-    }
-    if let Some(w) = &args.worker {
-        tc.worker = w.clone();
-    }
-    if let Some(r) = &args.report {
-        tc.report = r.display().to_string();
-    }
-    if let Some(e) = args.epochs {
-        tc.epochs = e;
-    }
-    if let Some(a) = &args.http_addr {
-        tc.http_addr = a.clone();
-    }
-    tc.validate().context("bad trainer config")?;
+    let tc = worker_config(&args)?;
     let share = tc.share()?;
-    let samples = PathBuf::from(&tc.samples);
-    if !samples.is_file() {
-        bail!("cannot read samples file {}", samples.display());
-    }
     let model_path = (!tc.model_config.is_empty()).then(|| PathBuf::from(&tc.model_config));
     let mut cfg = ModelConfig::load(model_path.as_deref()).context("bad model config")?;
-    resolve_fields(&mut cfg, &samples)?;
+    let samples = PathBuf::from(&tc.samples);
+    match tc.source {
+        SampleSource::File if !samples.is_file() => {
+            bail!("cannot read samples file {}", samples.display())
+        }
+        SampleSource::File => resolve_fields(&mut cfg, &samples)?,
+        SampleSource::Kafka if cfg.fields.is_empty() => bail!(
+            "source = \"kafka\" needs the model's fields listed in its config: workers reading a topic would each discover their own"
+        ),
+        SampleSource::Kafka => {}
+    }
     let model = Model::from_config(&cfg).context("bad model config")?;
     let retry = Duration::from_secs(tc.retry_deadline_secs);
     let mut ropts = RemoteOptions::new(tc.ps.clone(), format!("worker-{}-of-{}", share.0, share.1));
@@ -271,11 +264,45 @@ fn run_worker(args: TrainArgs) -> anyhow::Result<()> {
         progress_interval: Duration::from_secs(tc.progress_interval_secs),
         retry_deadline: retry,
     };
-    let observed = http::ObservedStore { inner: &store, obs };
-    let (report, mut stats) = run_file(&model, &observed, &samples, &opts)
-        .with_context(|| format!("training on {} failed", samples.display()))?;
+    let observed = http::ObservedStore { inner: &store, obs: obs.clone() };
+    let (report, mut stats) = match tc.source {
+        SampleSource::File => run_file(&model, &observed, &samples, &opts)
+            .with_context(|| format!("training on {} failed", samples.display()))?,
+        SampleSource::Kafka => {
+            let idle = args.exit_when_idle_ms.map(Duration::from_millis);
+            kafka::train(&tc, &model, &observed, &opts, &obs, idle)?
+        }
+    };
     stats.retries += store.retries();
     eprintln!("reconnects: {}", store.reconnects());
+    if stats.duplicates > 0 {
+        eprintln!("duplicates: {} samples already trained were skipped", stats.duplicates);
+    }
     let path = (!tc.report.is_empty()).then(|| PathBuf::from(&tc.report));
     finish(&report, &stats, path.as_deref())
+}
+
+/// The worker's config: the file laid over configs/trainer.toml, then the flags.
+fn worker_config(args: &TrainArgs) -> anyhow::Result<TrainerConfig> {
+    let mut tc = TrainerConfig::load(args.config.as_deref()).context("bad trainer config")?;
+    if let Some(s) = &args.samples {
+        tc.samples = s.display().to_string();
+    }
+    if let Some(m) = &args.model_config {
+        tc.model_config = m.display().to_string();
+    }
+    if let Some(w) = &args.worker {
+        tc.worker = w.clone();
+    }
+    if let Some(r) = &args.report {
+        tc.report = r.display().to_string();
+    }
+    if let Some(e) = args.epochs {
+        tc.epochs = e;
+    }
+    if let Some(a) = &args.http_addr {
+        tc.http_addr = a.clone();
+    }
+    tc.validate().context("bad trainer config")?;
+    Ok(tc)
 }

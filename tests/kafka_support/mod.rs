@@ -96,3 +96,82 @@ pub fn consume_all(
     }
     out
 }
+
+/// A trainer worker reading a samples topic (`odl train --config`, `source = "kafka"`).
+pub struct Worker {
+    pub child: std::process::Child,
+    /// Its HTTP address (`/v1/progress`, `/metrics`, `/readyz`).
+    pub http: String,
+    /// Its stderr lines after the start.
+    pub log: std::sync::mpsc::Receiver<String>,
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A worker config on `topic` as a member of `group`, against the PS shard at `ps_grpc`;
+/// its report goes to `<dir>/<name>-report.json`; `worker = "<index>/<index+1>"` names
+/// it, so the PS tells the workers' progress apart.
+pub fn worker_config(dir: &std::path::Path, name: &str, index: usize, brokers: &str, ps_grpc: &str, topic: &str, group: &str) -> std::path::PathBuf {
+    let path = dir.join(format!("{name}.toml"));
+    let report = dir.join(format!("{name}-report.json"));
+    std::fs::write(
+        &path,
+        format!(
+            "ps = [\"{ps_grpc}\"]\nsource = \"kafka\"\nsamples_topic = \"{topic}\"\ngroup = \"{group}\"\n\
+             worker = \"{index}/{}\"\nthreads = 1\nprogress_interval_secs = 1\nhttp_addr = \"127.0.0.1:0\"\n\
+             report = \"{}\"\n[kafka]\nbrokers = \"{brokers}\"\n",
+            index + 1,
+            report.display()
+        ),
+    )
+    .expect("write worker config");
+    path
+}
+
+/// Starts `odl train --config <config> <extra>` and waits (up to 60 s) until it has
+/// joined the group.
+pub fn start_worker(config: &std::path::Path, extra: &[&str]) -> Worker {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_odl"))
+        .arg("train")
+        .arg("--config")
+        .arg(config)
+        .args(extra)
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn odl train");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (mut http, mut seen) = (None, Vec::new());
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let Ok(line) = rx.recv_timeout(left) else {
+            let _ = child.kill();
+            panic!("odl train never joined its group; stderr:\n{}", seen.join("\n"));
+        };
+        if let Some(addr) = line.split_once(" http=").map(|(_, a)| a.trim().to_string()) {
+            http = Some(addr);
+        }
+        if line.contains("consuming") {
+            if let Some(http) = http {
+                return Worker { child, http, log: rx };
+            }
+        }
+        seen.push(line);
+    }
+}

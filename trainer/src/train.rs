@@ -291,7 +291,12 @@ fn source_loop(
             Ok(Poll::Records(records)) => records,
             Ok(Poll::End) => break,
             Ok(Poll::Idle) if stream.idle_exit.is_some_and(|d| last_record.elapsed() >= d) => break,
-            Ok(Poll::Idle) => continue,
+            // Progress goes on being reported while the topic is quiet, so what the
+            // worker shows (and the publisher's gates see) is never stale.
+            Ok(Poll::Idle) => {
+                maybe_progress(shared)?;
+                continue;
+            }
             // A broker outage: wait and poll again; nothing was returned, nothing is lost.
             Err(e) if e.retryable() => {
                 outage.wait(&e);

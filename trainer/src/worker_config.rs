@@ -2,8 +2,10 @@
 //! default is `configs/trainer.toml`, which documents every key.
 
 use crate::error::{Result, TrainError};
+use odl_proto::stream::kafka::KafkaConfig;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
+use std::time::Duration;
 
 pub const DEFAULT_TRAINER_TOML: &str = include_str!("../../configs/trainer.toml");
 
@@ -12,8 +14,14 @@ pub const DEFAULT_TRAINER_TOML: &str = include_str!("../../configs/trainer.toml"
 pub struct TrainerConfig {
     pub ps: Vec<String>,
     pub model_config: String,
+    pub source: SampleSource,
     pub samples: String,
     pub worker: String,
+    pub samples_topic: String,
+    pub group: String,
+    pub dedup_window: usize,
+    pub commit_interval_ms: u64,
+    pub kafka: KafkaConfig,
     pub threads: usize,
     pub dense_refresh_batches: usize,
     pub epochs: usize,
@@ -23,7 +31,21 @@ pub struct TrainerConfig {
     pub http_addr: String,
 }
 
+/// Where a worker reads its samples.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SampleSource {
+    /// `samples`, a JSON Lines file; the worker takes its `worker` share of the lines.
+    File,
+    /// `samples_topic`, as a member of consumer group `group` per training thread.
+    Kafka,
+}
+
 impl TrainerConfig {
+    pub fn commit_interval(&self) -> Duration {
+        Duration::from_millis(self.commit_interval_ms)
+    }
+
     pub fn load(path: Option<&Path>) -> Result<TrainerConfig> {
         let c: TrainerConfig = odl_proto::config::load(DEFAULT_TRAINER_TOML, path)
             .map_err(|e| TrainError::Config(e.to_string()))?;
@@ -42,6 +64,13 @@ impl TrainerConfig {
             ));
         }
         parse_share(&self.worker)?;
+        if self.source == SampleSource::Kafka
+            && (self.samples_topic.is_empty() || self.group.is_empty() || self.kafka.brokers.is_empty())
+        {
+            return Err(TrainError::Config(
+                "source = \"kafka\" needs samples_topic, group and kafka.brokers".into(),
+            ));
+        }
         Ok(())
     }
 
@@ -105,6 +134,10 @@ mod tests {
         std::fs::write(&p, "ps = []\n").unwrap();
         assert!(TrainerConfig::load(Some(&p)).is_err());
         std::fs::write(&p, "threads = 0\n").unwrap();
+        assert!(TrainerConfig::load(Some(&p)).is_err());
+        std::fs::write(&p, "source = \"kafka\"\ngroup = \"\"\n").unwrap();
+        assert!(TrainerConfig::load(Some(&p)).unwrap_err().to_string().contains("group"));
+        std::fs::write(&p, "source = \"tape\"\n").unwrap();
         assert!(TrainerConfig::load(Some(&p)).is_err());
         std::fs::write(&p, "shards = 3\n").unwrap();
         assert!(TrainerConfig::load(Some(&p))

@@ -18,6 +18,7 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::DescriptorEncoder;
 use prometheus_client::registry::Registry;
 use serde_json::json;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -34,6 +35,12 @@ pub struct WorkerObservations {
 struct WorkerState {
     /// An error (the reason) until the PS shards have answered.
     ready: Result<(), String>,
+    /// A worker on the samples topic: an error while the broker does not answer.
+    broker: Result<(), String>,
+    /// A worker on the samples topic: the partitions each group member owns.
+    partitions: Vec<Vec<i32>>,
+    /// A worker on the samples topic: samples skipped as trained already.
+    duplicates: Option<Arc<AtomicU64>>,
     progress: TrainProgress,
     /// When the progress was reported, for samples/s.
     reported: Option<Instant>,
@@ -46,6 +53,9 @@ impl WorkerObservations {
             started: Instant::now(),
             state: Mutex::new(WorkerState {
                 ready: Err("the parameter-server shards have not answered yet".into()),
+                broker: Ok(()),
+                partitions: Vec::new(),
+                duplicates: None,
                 progress: TrainProgress::default(),
                 reported: None,
             }),
@@ -60,6 +70,39 @@ impl WorkerObservations {
 
     pub fn set_ready(&self, r: Result<(), String>) {
         self.lock().ready = r;
+    }
+
+    /// The worker reads the samples topic with `members` group members.
+    pub fn follow_stream(&self, members: usize, duplicates: Arc<AtomicU64>) {
+        let mut s = self.lock();
+        s.partitions = vec![Vec::new(); members];
+        s.duplicates = Some(duplicates);
+    }
+
+    pub fn set_partitions(&self, member: usize, partitions: Vec<i32>) {
+        if let Some(p) = self.lock().partitions.get_mut(member) {
+            *p = partitions;
+        }
+    }
+
+    pub fn set_broker(&self, r: Result<(), String>) {
+        self.lock().broker = r;
+    }
+
+    /// Ready once the PS answered and while the broker (if any) does.
+    fn readiness(&self) -> Result<(), String> {
+        let s = self.lock();
+        s.ready.clone()?;
+        s.broker.clone().map_err(|e| format!("samples topic unavailable: {e}"))
+    }
+
+    /// The partitions the worker's members own (sorted), and the duplicates skipped.
+    fn stream_view(&self) -> (Vec<i32>, u64) {
+        let s = self.lock();
+        let mut parts: Vec<i32> = s.partitions.iter().flatten().copied().collect();
+        parts.sort_unstable();
+        let dups = s.duplicates.as_ref().map_or(0, |d| d.load(Ordering::Relaxed));
+        (parts, dups)
     }
 
     fn progress(&self) -> (TrainProgress, f64) {
@@ -164,13 +207,19 @@ pub fn router(obs: Arc<WorkerObservations>) -> Router {
 
 async fn progress(State(c): State<Ctx>) -> Json<serde_json::Value> {
     let (p, rate) = c.obs.progress();
-    Json(
-        json!({"worker": c.obs.worker, "samples": p.samples, "samples_per_sec": rate, "tasks": p.tasks}),
-    )
+    let (partitions, duplicates) = c.obs.stream_view();
+    Json(json!({
+        "worker": c.obs.worker,
+        "samples": p.samples,
+        "samples_per_sec": rate,
+        "tasks": p.tasks,
+        "partitions": partitions,
+        "duplicates_skipped": duplicates,
+    }))
 }
 
 async fn ready(State(c): State<Ctx>) -> Response {
-    match c.obs.lock().ready.clone() {
+    match c.obs.readiness() {
         Ok(()) => Json(json!({"ready": true})).into_response(),
         Err(reason) => (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -225,7 +274,20 @@ impl Collector for WorkerCollector {
             "Streaming AUC over the recent window, per task.",
             &per_task(|t| t.current_auc),
         )?;
-        let ready = o.lock().ready.is_ok();
+        let (partitions, duplicates) = o.stream_view();
+        metrics::counters(
+            &mut enc,
+            "odl_trainer_duplicate_samples",
+            "Samples skipped because their sample_id was trained already (samples topic).",
+            &[(w.clone(), duplicates)],
+        )?;
+        metrics::gauges(
+            &mut enc,
+            "odl_trainer_partitions",
+            "Samples-topic partitions this worker's group members own.",
+            &[(w.clone(), partitions.len() as f64)],
+        )?;
+        let ready = o.readiness().is_ok();
         metrics::gauges(
             &mut enc,
             "odl_trainer_ready",

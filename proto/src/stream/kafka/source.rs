@@ -266,12 +266,22 @@ impl KafkaSource {
     }
 
     fn forget_revoked(&mut self) {
-        let revoked = std::mem::take(&mut *lock(&self.consumer.context().revoked));
-        for p in revoked {
-            self.returned.remove(&p);
-        }
+        drop_revoked(self.consumer.context(), &mut self.returned, &mut Vec::new());
     }
 
+}
+
+/// A rebalance inside this poll took partitions away: what was read of them is not
+/// handed out (their next owner reads it from the last commit), so no record is
+/// processed by two members.
+fn drop_revoked(context: &GroupContext, returned: &mut Offsets, out: &mut Vec<Record>) {
+    let revoked = std::mem::take(&mut *lock(&context.revoked));
+    if !revoked.is_empty() {
+        for p in &revoked {
+            returned.remove(p);
+        }
+        out.retain(|r| !revoked.contains(&r.position.partition));
+    }
 }
 
 /// Copy a message out of librdkafka's buffer, noting its partition's next offset.
@@ -291,12 +301,13 @@ impl RecordSource for KafkaSource {
         let mut out = Vec::new();
         let mut wait = timeout;
         while out.len() < max.max(1) {
-            match self.consumer.poll(wait) {
+            let polled = self.consumer.poll(wait);
+            drop_revoked(self.consumer.context(), &mut self.returned, &mut out);
+            match polled {
                 None => break,
                 Some(Ok(m)) => out.push(record(&mut self.returned, &m)),
                 Some(Err(KafkaError::PartitionEOF(_))) => {}
                 Some(Err(e)) if out.is_empty() => {
-                    self.forget_revoked();
                     return Err(broker_error(&format!("consuming {}", self.topic), e));
                 }
                 // Return what arrived; the error recurs on the next poll if it lasts.
@@ -311,7 +322,6 @@ impl RecordSource for KafkaSource {
                 break;
             }
         }
-        self.forget_revoked();
         Ok(if out.is_empty() { Poll::Idle } else { Poll::Records(out) })
     }
 
