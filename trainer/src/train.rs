@@ -268,7 +268,7 @@ pub fn run_sources(
             move || source_loop(shared, source, seen, stream)
         })
         .collect();
-    let (report, mut stats) = run_threads(&shared, loops)?;
+    let (report, mut stats) = run_threads(&shared, loops, Some(&stream.stop))?;
     stats.duplicates = stream.duplicates.load(Ordering::Relaxed);
     Ok((report, stats))
 }
@@ -365,7 +365,7 @@ fn run_input(
         return Ok(finish(&shared));
     }
     let threads = opts.threads.max(1);
-    run_threads(&shared, (0..threads).map(|_| || worker_loop(&shared, &reader)).collect())
+    run_threads(&shared, (0..threads).map(|_| || worker_loop(&shared, &reader)).collect(), None)
 }
 
 fn check_share(opts: &RunOptions) -> Result<()> {
@@ -401,8 +401,9 @@ impl<'a> Shared<'a> {
 }
 
 /// Run each loop on its own thread; then the report, with a final progress report to
-/// the store (the publisher's gates see the end of the run).
-fn run_threads<'s, F>(shared: &Shared<'_>, loops: Vec<F>) -> Result<(Report, RunStats)>
+/// the store (the publisher's gates see the end of the run), retried unless the run
+/// was stopped.
+fn run_threads<'s, F>(shared: &Shared<'_>, loops: Vec<F>, stop: Option<&AtomicBool>) -> Result<(Report, RunStats)>
 where
     F: FnOnce() -> Result<()> + Send + 's,
 {
@@ -422,7 +423,13 @@ where
     let (report, stats) = finish(shared);
     if shared.opts.learn {
         let progress = lock(&shared.eval).progress(report.samples);
-        retry(shared, || Ok(shared.store.report_progress(&progress)?))?;
+        if !stop.is_some_and(|s| s.load(Ordering::Relaxed)) {
+            retry(shared, || Ok(shared.store.report_progress(&progress)?))?;
+        } else if let Err(e) = shared.store.report_progress(&progress) {
+            // A stopped worker does not wait for a PS that is stopping too: its
+            // gradients are in, only this last progress figure is lost.
+            tracing::warn!("the final progress report did not reach the PS ({e})");
+        }
     }
     Ok((report, stats))
 }
@@ -586,10 +593,11 @@ fn maybe_progress(shared: &Shared) -> Result<()> {
         })
         .collect();
     eprintln!(
-        "{} {samples} samples, {:.0} samples/s, {}, ETA {eta:.0}s",
+        "{} {samples} samples, {:.0} samples/s, {}{}",
         if shared.opts.learn { "train:" } else { "eval:" },
         samples as f64 / elapsed.max(1e-9),
-        aucs.join(", ")
+        aucs.join(", "),
+        if total > 0 { format!(", ETA {eta:.0}s") } else { String::new() }
     );
     if shared.opts.learn {
         // Progress for the publisher's gates; a store that is restarting gets the

@@ -8,7 +8,7 @@
 use super::http::WorkerObservations;
 use anyhow::Context;
 use odl_proto::params::ParamStore;
-use odl_proto::stream::kafka::KafkaSource;
+use odl_proto::stream::kafka::{partition_count, KafkaSource};
 use odl_proto::stream::{Poll, RecordSource};
 use odl_trainer::train::{run_sources, Report, RunOptions, RunStats, StreamRun};
 use odl_trainer::worker_config::TrainerConfig;
@@ -32,6 +32,7 @@ pub fn train(
     };
     let _signals = stop_on_signal(&stream)?;
     obs.follow_stream(tc.threads, stream.duplicates.clone());
+    wait_for_topic(tc, obs, &stream);
     let mut sources: Vec<Box<dyn RecordSource>> = Vec::with_capacity(tc.threads);
     for member in 0..tc.threads {
         let mut inner = KafkaSource::subscribe(&tc.kafka, &tc.samples_topic, &tc.group)
@@ -45,6 +46,29 @@ pub fn train(
     );
     run_sources(model, store, sources, opts, &stream)
         .with_context(|| format!("training on topic {} failed", tc.samples_topic))
+}
+
+/// Subscribing to a topic that does not exist yet (workers started before the joiner
+/// created it) would leave the members without partitions until librdkafka's next
+/// metadata refresh, minutes later: wait for it instead, not ready meanwhile.
+fn wait_for_topic(tc: &TrainerConfig, obs: &WorkerObservations, stream: &StreamRun) {
+    let mut logged = false;
+    while !stream.stop.load(Ordering::Relaxed) {
+        match partition_count(&tc.kafka, &tc.samples_topic, Duration::from_secs(5)) {
+            Ok(_) => {
+                obs.set_broker(Ok(()));
+                return;
+            }
+            Err(e) => {
+                if !logged {
+                    tracing::warn!("waiting for topic {} ({e})", tc.samples_topic);
+                    logged = true;
+                }
+                obs.set_broker(Err(format!("waiting for topic {}: {e}", tc.samples_topic)));
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        }
+    }
 }
 
 /// SIGTERM/SIGINT set the run's stop flag: each thread finishes its batch, commits,
