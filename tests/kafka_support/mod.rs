@@ -133,8 +133,8 @@ pub fn worker_config(dir: &std::path::Path, name: &str, index: usize, brokers: &
     path
 }
 
-/// Starts `odl train --config <config> <extra>` and waits (up to 60 s) until it has
-/// joined the group.
+/// Starts `odl train --config <config> <extra>` and waits (up to 60 s) until the PS
+/// answered it (it joins the group once its topic exists).
 pub fn start_worker(config: &std::path::Path, extra: &[&str]) -> Worker {
     use std::io::BufRead;
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_odl"))
@@ -162,12 +162,12 @@ pub fn start_worker(config: &std::path::Path, extra: &[&str]) -> Worker {
         let left = deadline.saturating_duration_since(Instant::now());
         let Ok(line) = rx.recv_timeout(left) else {
             let _ = child.kill();
-            panic!("odl train never joined its group; stderr:\n{}", seen.join("\n"));
+            panic!("odl train never became ready; stderr:\n{}", seen.join("\n"));
         };
         if let Some(addr) = line.split_once(" http=").map(|(_, a)| a.trim().to_string()) {
             http = Some(addr);
         }
-        if line.contains("consuming") {
+        if line.contains(" ready: ") {
             if let Some(http) = http {
                 return Worker { child, http, log: rx };
             }
