@@ -21,7 +21,7 @@ fn files(dir: &Path, out: &mut Vec<PathBuf>) {
 fn load(rel: &str, path: &Path) -> Option<Result<(), String>> {
     let p = Some(path);
     let r = match rel {
-        "run.toml" => odl::run::RunConfig::load(p).map(drop).map_err(|e| format!("{e:#}")),
+        "run.toml" | "local-kafka.toml" => odl::run::RunConfig::load(p).map(drop).map_err(|e| format!("{e:#}")),
         "simulate.toml" | "cluster/simulate.toml" => odl::simulate::SimConfig::load(p).map(drop).map_err(|e| e.to_string()),
         "joiner.toml" | "cluster/joiner.toml" => odl_joiner::JoinerConfig::load(p).map(drop).map_err(|e| e.to_string()),
         "serve.toml" | "cluster/serve-0.toml" | "cluster/serve-1.toml" => odl::serve::ServeConfig::load(p).map(drop).map_err(|e| format!("{e:#}")),

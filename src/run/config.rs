@@ -33,12 +33,25 @@ pub struct RunConfig {
     pub max_events: u64,
     pub joiner_http_addr: String,
     pub progress_interval_secs: u64,
+    pub transport: Transport,
+    pub trainer_group: String,
+    pub trainer_dedup_window: usize,
     pub simulate: SimConfig,
     pub joiner: JoinerConfig,
     pub model: ModelConfig,
     pub ps: PsConfig,
     pub serve: ServeConfig,
     pub dashboard: crate::dashboard::DashboardConfig,
+}
+
+/// What carries the records between the stages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// In-process channels: no broker, nothing survives the process.
+    Channel,
+    /// The topics of `[joiner.topics]` on `[joiner.kafka]`'s broker.
+    Kafka,
 }
 
 impl RunConfig {
@@ -70,6 +83,16 @@ mod tests {
         assert_eq!(c.serve.rest_addr, "127.0.0.1:8501");
         assert_eq!(c.joiner_http_addr, "127.0.0.1:8700");
         assert_eq!(c.dashboard.listen_addr, "127.0.0.1:8080");
+        assert_eq!(c.transport, Transport::Channel);
+    }
+
+    #[test]
+    fn the_local_kafka_overlay_moves_every_stage_to_the_broker() {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/local-kafka.toml");
+        let c = RunConfig::load(Some(&p)).unwrap();
+        assert_eq!(c.transport, Transport::Kafka);
+        assert_eq!(c.serve.transport, odl_ps::publish::Transport::Kafka);
+        assert_eq!(c.joiner.topics.samples, "odl.samples");
     }
 
     #[test]

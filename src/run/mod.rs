@@ -9,6 +9,7 @@
 
 pub mod config;
 mod dashboard;
+mod kafka;
 mod versions;
 
 use anyhow::Context;
@@ -104,7 +105,10 @@ async fn pipeline(mut cfg: RunConfig, cancel: CancellationToken) -> anyhow::Resu
         cfg.serve.model_name
     );
 
-    let streams = spawn_streams(&cfg, model, store.clone(), observations.clone(), cancel.clone())?;
+    let streams = match cfg.transport {
+        config::Transport::Channel => spawn_streams(&cfg, model, store.clone(), observations.clone(), cancel.clone())?,
+        config::Transport::Kafka => kafka::spawn_streams(&cfg, model, store.clone(), observations.clone(), cancel.clone())?,
+    };
     let progress = tokio::spawn(log_progress(
         observations.clone(),
         store.clone(),
@@ -185,21 +189,7 @@ fn spawn_streams(
     let mut audit = FileSink::create(&audit_path)?;
     let mut dead = FileSink::create(&dead_path)?;
 
-    let sim_cfg = cfg.simulate.clone();
-    let opts = crate::simulate::SimOptions {
-        seed: cfg.seed,
-        events: if cfg.max_events == 0 { u64::MAX } else { cfg.max_events },
-        rate: (cfg.events_per_sec > 0.0).then_some(cfg.events_per_sec),
-    };
-    let stop = cancel.clone();
-    let simulator = std::thread::spawn(move || -> anyhow::Result<()> {
-        let mut sink = StopOnCancel { inner: events_tx, cancel: stop };
-        match crate::simulate::generate(&sim_cfg, &opts, &mut sink, None) {
-            Ok(_) => Ok(()),
-            Err(_) if sink.cancel.is_cancelled() => Ok(()),
-            Err(e) => Err(e.into()),
-        }
-    });
+    let simulator = spawn_simulator(cfg, move |_: &CancellationToken| Ok(Some(events_tx)), cancel.clone());
 
     let joiner_cfg = cfg.joiner.clone();
     let joiner = std::thread::spawn(move || -> anyhow::Result<()> {
@@ -222,6 +212,32 @@ fn spawn_streams(
     });
     Ok(Streams {
         threads: vec![("simulator", simulator), ("joiner", joiner), ("trainer", trainer)],
+    })
+}
+
+/// The paced simulator on its own thread, writing to the sink `open` makes until
+/// `max_events` or until the pipeline is asked to stop. `open` runs on that thread (a
+/// broker that does not answer holds up only the simulator); `None` from it means the
+/// pipeline stopped first.
+fn spawn_simulator<S, F>(cfg: &RunConfig, open: F, cancel: CancellationToken) -> std::thread::JoinHandle<anyhow::Result<()>>
+where
+    S: RecordSink + 'static,
+    F: FnOnce(&CancellationToken) -> anyhow::Result<Option<S>> + Send + 'static,
+{
+    let sim_cfg = cfg.simulate.clone();
+    let opts = crate::simulate::SimOptions {
+        seed: cfg.seed,
+        events: if cfg.max_events == 0 { u64::MAX } else { cfg.max_events },
+        rate: (cfg.events_per_sec > 0.0).then_some(cfg.events_per_sec),
+    };
+    std::thread::spawn(move || -> anyhow::Result<()> {
+        let Some(sink) = open(&cancel)? else { return Ok(()) };
+        let mut sink = StopOnCancel { inner: sink, cancel };
+        match crate::simulate::generate(&sim_cfg, &opts, &mut sink, None) {
+            Ok(_) => Ok(()),
+            Err(_) if sink.cancel.is_cancelled() => Ok(()),
+            Err(e) => Err(e.into()),
+        }
     })
 }
 
