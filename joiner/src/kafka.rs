@@ -488,6 +488,8 @@ fn sleep_unless_stopped(d: Duration, stop: &AtomicBool) {
 /// Creates the topics that do not exist yet (the mock cluster of the unit tests
 /// cannot create topics, so existing ones are not asked for again).
 fn create_missing(cfg: &KafkaConfig, names: &[&str], partitions: i32) -> std::result::Result<(), StreamError> {
+    // One short probe instead of a metadata timeout per topic when the broker is down.
+    odl_proto::stream::kafka::check_connection(cfg, METADATA_TIMEOUT)?;
     let missing: Vec<(&str, i32)> = names
         .iter()
         .filter(|t| partition_count(cfg, t, METADATA_TIMEOUT).is_err())

@@ -13,6 +13,9 @@ use std::time::Duration;
 /// Create each `(topic, partitions)` that does not exist yet. Existing topics are left
 /// as they are, whatever their partition count (use [`partition_count`] to check).
 pub fn ensure_topics(cfg: &KafkaConfig, topics: &[(&str, i32)]) -> Result<()> {
+    // An unreachable broker fails fast here: the admin request would otherwise wait
+    // out librdkafka's socket timeout (a minute) before saying so.
+    check_connection(cfg, Duration::from_secs(5))?;
     let admin: AdminClient<DefaultClientContext> = cfg
         .client(&[])
         .create()
@@ -21,7 +24,9 @@ pub fn ensure_topics(cfg: &KafkaConfig, topics: &[(&str, i32)]) -> Result<()> {
         .iter()
         .map(|(name, parts)| NewTopic::new(name, *parts, TopicReplication::Fixed(1)))
         .collect();
-    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    let opts = AdminOptions::new()
+        .operation_timeout(Some(Duration::from_secs(30)))
+        .request_timeout(Some(Duration::from_secs(30)));
     let results = futures_executor::block_on(admin.create_topics(&new, &opts))
         .map_err(|e| broker_error("creating topics", e))?;
     for r in results {
