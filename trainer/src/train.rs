@@ -124,7 +124,11 @@ impl SharedReader {
             let mut line = spare.pop().unwrap_or_default();
             line.clear();
             let read = match &mut self.input {
-                Input::File { path, reader, epochs_left } => {
+                Input::File {
+                    path,
+                    reader,
+                    epochs_left,
+                } => {
                     let Some(r) = reader.as_mut() else {
                         spare.push(line);
                         if *epochs_left == 0 {
@@ -216,7 +220,13 @@ pub fn run_file(
         reader: Some(SharedReader::open(path)?),
         epochs_left: opts.epochs.saturating_sub(1),
     };
-    run_input(model, store, input, total_bytes * opts.epochs.max(1) as u64, opts)
+    run_input(
+        model,
+        store,
+        input,
+        total_bytes * opts.epochs.max(1) as u64,
+        opts,
+    )
 }
 
 /// Run `model` over a live stream of samples until it ends (`Poll::End`): the
@@ -228,7 +238,10 @@ pub fn run_source(
     source: Box<dyn RecordSource>,
     opts: &RunOptions,
 ) -> Result<(Report, RunStats)> {
-    let opts = RunOptions { epochs: 1, ..opts.clone() };
+    let opts = RunOptions {
+        epochs: 1,
+        ..opts.clone()
+    };
     run_input(model, store, Input::Stream(source), 0, &opts)
 }
 
@@ -340,7 +353,10 @@ impl Backoff {
     fn wait(&mut self, e: &odl_proto::stream::StreamError) {
         let delay = Duration::from_millis(50 << self.attempts.min(5)).min(Duration::from_secs(2));
         self.attempts += 1;
-        tracing::warn!("samples stream unavailable ({e}); retry {} in {delay:?}", self.attempts);
+        tracing::warn!(
+            "samples stream unavailable ({e}); retry {} in {delay:?}",
+            self.attempts
+        );
         std::thread::sleep(delay);
     }
 }
@@ -365,7 +381,13 @@ fn run_input(
         return Ok(finish(&shared));
     }
     let threads = opts.threads.max(1);
-    run_threads(&shared, (0..threads).map(|_| || worker_loop(&shared, &reader)).collect(), None)
+    run_threads(
+        &shared,
+        (0..threads)
+            .map(|_| || worker_loop(&shared, &reader))
+            .collect(),
+        None,
+    )
 }
 
 fn check_share(opts: &RunOptions) -> Result<()> {
@@ -403,7 +425,11 @@ impl<'a> Shared<'a> {
 /// Run each loop on its own thread; then the report, with a final progress report to
 /// the store (the publisher's gates see the end of the run), retried unless the run
 /// was stopped.
-fn run_threads<'s, F>(shared: &Shared<'_>, loops: Vec<F>, stop: Option<&AtomicBool>) -> Result<(Report, RunStats)>
+fn run_threads<'s, F>(
+    shared: &Shared<'_>,
+    loops: Vec<F>,
+    stop: Option<&AtomicBool>,
+) -> Result<(Report, RunStats)>
 where
     F: FnOnce() -> Result<()> + Send + 's,
 {
@@ -552,7 +578,9 @@ impl<'m> BatchTrainer<'m> {
             }
         })?;
         lock(&shared.eval).record(batch, &preds);
-        shared.samples.fetch_add(batch.len as u64, Ordering::Relaxed);
+        shared
+            .samples
+            .fetch_add(batch.len as u64, Ordering::Relaxed);
         maybe_progress(shared)
     }
 }
@@ -597,7 +625,11 @@ fn maybe_progress(shared: &Shared) -> Result<()> {
         if shared.opts.learn { "train:" } else { "eval:" },
         samples as f64 / elapsed.max(1e-9),
         aucs.join(", "),
-        if total > 0 { format!(", ETA {eta:.0}s") } else { String::new() }
+        if total > 0 {
+            format!(", ETA {eta:.0}s")
+        } else {
+            String::new()
+        }
     );
     if shared.opts.learn {
         // Progress for the publisher's gates; a store that is restarting gets the
@@ -769,7 +801,12 @@ mod tests {
     }
 
     impl odl_proto::params::ParamRead for CountingStore {
-        fn pull_sparse(&self, t: &str, k: &[odl_proto::hashing::FeatureId], o: &mut [f32]) -> odl_proto::params::Result<()> {
+        fn pull_sparse(
+            &self,
+            t: &str,
+            k: &[odl_proto::hashing::FeatureId],
+            o: &mut [f32],
+        ) -> odl_proto::params::Result<()> {
             self.inner.pull_sparse(t, k, o)
         }
         fn pull_dense(&self, n: &[String]) -> odl_proto::params::Result<Vec<Vec<f32>>> {
@@ -781,7 +818,12 @@ mod tests {
         fn declare(&self, s: &odl_proto::params::ModelSchema) -> odl_proto::params::Result<()> {
             self.inner.declare(s)
         }
-        fn push_sparse(&self, t: &str, k: &[odl_proto::hashing::FeatureId], g: &[f32]) -> odl_proto::params::Result<()> {
+        fn push_sparse(
+            &self,
+            t: &str,
+            k: &[odl_proto::hashing::FeatureId],
+            g: &[f32],
+        ) -> odl_proto::params::Result<()> {
             self.inner.push_sparse(t, k, g)
         }
         fn push_dense(&self, g: &[(String, Vec<f32>)]) -> odl_proto::params::Result<()> {
@@ -789,7 +831,10 @@ mod tests {
             self.pushes.fetch_add(1, Ordering::SeqCst);
             Ok(())
         }
-        fn report_progress(&self, p: &odl_proto::params::TrainProgress) -> odl_proto::params::Result<()> {
+        fn report_progress(
+            &self,
+            p: &odl_proto::params::TrainProgress,
+        ) -> odl_proto::params::Result<()> {
             self.inner.report_progress(p)
         }
     }
@@ -813,7 +858,10 @@ mod tests {
     fn live_sources_skip_trained_ids_commit_after_pushing_and_ride_out_outages() {
         let m = model();
         let pushes = Arc::new(AtomicU64::new(0));
-        let store = CountingStore { inner: MemStore::default(), pushes: pushes.clone() };
+        let store = CountingStore {
+            inner: MemStore::default(),
+            pushes: pushes.clone(),
+        };
         store.declare(m.schema()).unwrap();
         let commits = Arc::new(AtomicU64::new(0));
         let source = |script: Vec<odl_proto::stream::Result<Poll>>| -> Box<dyn RecordSource> {
@@ -825,16 +873,26 @@ mod tests {
             })
         };
         let outage = || Err(odl_proto::stream::StreamError::Broker("down".into()));
-        let a = source(vec![Ok(keyed(0..40, true)), outage(), Ok(keyed(40..80, true))]);
+        let a = source(vec![
+            Ok(keyed(0..40, true)),
+            outage(),
+            Ok(keyed(40..80, true)),
+        ]);
         // The second source re-delivers 30..50 (a restarted joiner's re-emits), by key
         // and, unkeyed, by the line's own sample_id.
-        let b = source(vec![Ok(Poll::Idle), outage(), Ok(keyed(30..50, false)), Ok(keyed(80..100, true))]);
+        let b = source(vec![
+            Ok(Poll::Idle),
+            outage(),
+            Ok(keyed(30..50, false)),
+            Ok(keyed(80..100, true)),
+        ]);
         let stream = StreamRun {
             idle_exit: Some(Duration::from_millis(300)),
             dedup_window: 1000,
             ..StreamRun::default()
         };
-        let (r, stats) = run_sources(&m, &store, vec![a, b], &RunOptions::default(), &stream).unwrap();
+        let (r, stats) =
+            run_sources(&m, &store, vec![a, b], &RunOptions::default(), &stream).unwrap();
         assert_eq!(r.samples, 100, "each sample learnt once");
         assert_eq!(stats.duplicates, 20);
         assert_eq!(stream.duplicates.load(Ordering::SeqCst), 20);
@@ -854,18 +912,38 @@ mod tests {
             stop.store(true, Ordering::SeqCst);
             tx // kept open: the run ends by the flag, not by the end of the stream
         });
-        let (r, _) = run_sources(&m, &store, vec![Box::new(rx)], &RunOptions::default(), &stream).unwrap();
+        let (r, _) = run_sources(
+            &m,
+            &store,
+            vec![Box::new(rx)],
+            &RunOptions::default(),
+            &stream,
+        )
+        .unwrap();
         assert_eq!(r.samples, 0);
         drop(stopper.join().unwrap());
 
         let fatal = Box::new(ScriptedSource {
-            script: vec![Err(odl_proto::stream::StreamError::Closed { name: "s".into() })].into(),
+            script: vec![Err(odl_proto::stream::StreamError::Closed {
+                name: "s".into(),
+            })]
+            .into(),
             batches_returned: 0,
             pushes: Arc::default(),
             commits: Arc::default(),
         });
-        let e = run_sources(&m, &store, vec![fatal], &RunOptions::default(), &StreamRun::default()).unwrap_err();
-        assert!(e.to_string().contains("closed") || format!("{e:?}").contains("Closed"), "{e:?}");
+        let e = run_sources(
+            &m,
+            &store,
+            vec![fatal],
+            &RunOptions::default(),
+            &StreamRun::default(),
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("closed") || format!("{e:?}").contains("Closed"),
+            "{e:?}"
+        );
     }
 
     #[test]

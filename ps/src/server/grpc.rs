@@ -2,8 +2,8 @@
 //! request is validated by the store (tables, lengths, finite values, key ownership)
 //! before anything changes; store calls are short CPU work and run on the handler task.
 
-use crate::error::PsError;
 use super::metrics::{labels, PsMetrics, Timed};
+use crate::error::PsError;
 use crate::local::LocalStore;
 use crate::routing::ShardId;
 use odl_proto::hashing::FeatureId;
@@ -21,7 +21,11 @@ pub struct PsService {
 
 impl PsService {
     pub fn new(store: Arc<LocalStore>, shard: ShardId) -> PsService {
-        PsService { store, shard, metrics: PsMetrics::default() }
+        PsService {
+            store,
+            shard,
+            metrics: PsMetrics::default(),
+        }
     }
 
     /// Observe pull and push latencies into `metrics` (the shard's `/metrics`).
@@ -207,10 +211,15 @@ fn check_attributes(attrs: &std::collections::HashMap<String, String>) -> Result
     const MAX_BYTES: usize = 1 << 20;
     for (k, v) in attrs {
         if k.is_empty() || k.len() > 256 {
-            return Err(PsError::Invalid(format!("attribute name {k:?} must be 1..=256 bytes")));
+            return Err(PsError::Invalid(format!(
+                "attribute name {k:?} must be 1..=256 bytes"
+            )));
         }
         if v.len() > MAX_BYTES {
-            return Err(PsError::Invalid(format!("attribute {k:?} is {} bytes, over {MAX_BYTES}", v.len())));
+            return Err(PsError::Invalid(format!(
+                "attribute {k:?} is {} bytes, over {MAX_BYTES}",
+                v.len()
+            )));
         }
     }
     Ok(())
