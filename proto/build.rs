@@ -15,6 +15,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("cargo:rerun-if-changed={}", f.display());
     }
     println!("cargo:rerun-if-changed=proto");
-    tonic_prost_build::configure().compile_protos(&files, &[dir])?;
+    // The parameter server's byte fields as `bytes::Bytes`: decoding slices the
+    // received buffer instead of copying it, and a retried request clones a refcount.
+    tonic_prost_build::configure()
+        .bytes(".odl.ps")
+        .compile_protos(&files, &[dir])?;
     Ok(())
 }

@@ -13,6 +13,7 @@ pub mod params;
 pub mod sample;
 pub mod stream;
 pub mod version;
+pub mod wire;
 
 /// Generated gRPC code (tonic + prost) for the parameter server.
 pub mod ps_rpc {

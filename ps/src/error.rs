@@ -59,6 +59,13 @@ impl From<PsError> for ParamError {
     }
 }
 
+/// A request whose byte fields hold no whole number of values is the caller's fault.
+impl From<odl_proto::wire::WireError> for PsError {
+    fn from(e: odl_proto::wire::WireError) -> PsError {
+        PsError::Invalid(e.to_string())
+    }
+}
+
 impl From<ParamError> for PsError {
     fn from(e: ParamError) -> PsError {
         match e {

@@ -19,10 +19,12 @@
 
 use crate::routing::{shard_of_dense, shard_of_key};
 use crate::server::{MAX_MESSAGE_BYTES, WINDOW_BYTES};
+use bytes::{BufMut, Bytes, BytesMut};
 use odl_proto::hashing::FeatureId;
 use odl_proto::params::{self, ModelSchema, ParamError, ParamRead, ParamStore, TrainProgress};
 use odl_proto::ps_rpc as rpc;
 use odl_proto::ps_rpc::parameter_server_client::ParameterServerClient;
+use odl_proto::wire;
 use parking_lot::RwLock;
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -80,7 +82,7 @@ struct Inner {
     shards: Vec<ShardConn>,
     /// The schema last declared (as sent, and parsed), re-sent to a shard after it
     /// comes back and used to validate pushes before anything is sent.
-    schema_json: RwLock<Option<Vec<u8>>>,
+    schema_json: RwLock<Option<Bytes>>,
     schema: RwLock<Option<ModelSchema>>,
     reconnects: AtomicU64,
     retries: AtomicU64,
@@ -416,22 +418,36 @@ fn check_dense_push(
     Ok(())
 }
 
-/// One shard's part of a sparse push: shard, keys, gradients.
-type ShardPush = (usize, Vec<u64>, Vec<f32>);
+/// One shard's part of a sparse push: shard, keys, gradients (as sent).
+type ShardPush = (usize, Bytes, Bytes);
 
-/// A batch of keys split by shard: per shard, its keys and their positions in the batch.
-fn split_keys(keys: &[FeatureId], n: usize) -> Vec<(usize, Vec<u64>, Vec<usize>)> {
-    let mut per: Vec<(Vec<u64>, Vec<usize>)> = vec![(Vec::new(), Vec::new()); n];
+/// A batch of keys split by shard: per shard, its keys (encoded for the wire) and
+/// their positions in the batch.
+fn split_keys(keys: &[FeatureId], n: usize) -> Vec<(usize, Bytes, Vec<usize>)> {
+    let mut per: Vec<Vec<usize>> = vec![Vec::new(); n];
     for (pos, k) in keys.iter().enumerate() {
-        let s = shard_of_key(*k, n as u32) as usize;
-        per[s].0.push(k.0);
-        per[s].1.push(pos);
+        per[shard_of_key(*k, n as u32) as usize].push(pos);
     }
     per.into_iter()
         .enumerate()
-        .filter(|(_, (k, _))| !k.is_empty())
-        .map(|(i, (k, p))| (i, k, p))
+        .filter(|(_, pos)| !pos.is_empty())
+        .map(|(i, pos)| (i, wire::u64s_to_bytes(pos.iter().map(|&p| keys[p].0)), pos))
         .collect()
+}
+
+/// The rows at `pos` (of `dim` floats each) of `values`, encoded for the wire.
+fn gather_rows(values: &[f32], pos: &[usize], dim: usize) -> Bytes {
+    let mut b = BytesMut::with_capacity(pos.len() * dim * 4);
+    for &p in pos {
+        for v in &values[p * dim..(p + 1) * dim] {
+            b.put_f32_le(*v);
+        }
+    }
+    b.freeze()
+}
+
+fn wire_error(e: wire::WireError) -> ParamError {
+    ParamError::Invalid(format!("shard answer: {e}"))
 }
 
 impl ParamRead for RemoteStore {
@@ -449,7 +465,7 @@ impl ParamRead for RemoteStore {
         let dim = out.len() / keys.len();
         let parts = split_keys(keys, self.shard_count());
         let which: Vec<usize> = parts.iter().map(|p| p.0).collect();
-        let requests: Arc<Vec<(usize, Vec<u64>)>> =
+        let requests: Arc<Vec<(usize, Bytes)>> =
             Arc::new(parts.iter().map(|(i, k, _)| (*i, k.clone())).collect());
         let table_s = table.to_string();
         let inner = self.inner.clone();
@@ -477,17 +493,18 @@ impl ParamRead for RemoteStore {
                 })
                 .await
         })?;
-        for ((i, k, pos), ans) in parts.iter().zip(answers) {
-            if ans.values.len() != k.len() * dim {
+        for ((i, _, pos), ans) in parts.iter().zip(answers) {
+            let got = wire::f32_count("values", &ans.values).map_err(wire_error)?;
+            if got != pos.len() * dim {
                 return Err(ParamError::Invalid(format!(
-                    "pull_sparse {table:?}: shard {i} returned {} floats for {} keys; \
+                    "pull_sparse {table:?}: shard {i} returned {got} floats for {} keys; \
                      table dim is not {dim}",
-                    ans.values.len(),
-                    k.len()
+                    pos.len()
                 )));
             }
-            for (row, &p) in ans.values.chunks_exact(dim).zip(pos) {
-                out[p * dim..(p + 1) * dim].copy_from_slice(row);
+            for (row, &p) in ans.values.chunks_exact(dim * 4).zip(pos) {
+                wire::f32s_into("values", row, &mut out[p * dim..(p + 1) * dim])
+                    .map_err(wire_error)?;
             }
         }
         Ok(())
@@ -523,11 +540,16 @@ impl ParamRead for RemoteStore {
                 })
                 .await
         })?;
-        let mut got: std::collections::HashMap<String, Vec<f32>> = answers
+        let mut got = answers
             .into_iter()
             .flat_map(|a| a.tensors)
-            .map(|t| (t.name, t.values))
-            .collect();
+            .map(|t| {
+                Ok((
+                    t.name,
+                    wire::bytes_to_f32s("dense values", &t.values).map_err(wire_error)?,
+                ))
+            })
+            .collect::<params::Result<std::collections::HashMap<String, Vec<f32>>>>()?;
         names
             .iter()
             .map(|name| {
@@ -543,8 +565,10 @@ impl ParamStore for RemoteStore {
     /// Declares on every shard (each keeps the dense tensors it owns) and remembers the
     /// schema to re-declare on shards that restart.
     fn declare(&self, schema: &ModelSchema) -> params::Result<()> {
-        let json = serde_json::to_vec(schema)
-            .map_err(|e| ParamError::Invalid(format!("schema does not serialize: {e}")))?;
+        let json = Bytes::from(
+            serde_json::to_vec(schema)
+                .map_err(|e| ParamError::Invalid(format!("schema does not serialize: {e}")))?,
+        );
         let shards = self.shard_count() as u32;
         let inner = self.inner.clone();
         let sent = json.clone();
@@ -592,13 +616,7 @@ impl ParamStore for RemoteStore {
         let requests: Arc<Vec<ShardPush>> = Arc::new(
             parts
                 .into_iter()
-                .map(|(i, k, pos)| {
-                    let mut g = Vec::with_capacity(pos.len() * dim);
-                    for p in pos {
-                        g.extend_from_slice(&grads[p * dim..(p + 1) * dim]);
-                    }
-                    (i, k, g)
-                })
+                .map(|(i, k, pos)| (i, k, gather_rows(grads, &pos, dim)))
                 .collect(),
         );
         let table_s = table.to_string();
@@ -637,7 +655,7 @@ impl ParamStore for RemoteStore {
         for (name, g) in grads {
             per[shard_of_dense(name, n) as usize].push(rpc::DenseTensor {
                 name: name.clone(),
-                values: g.clone(),
+                values: wire::f32s_to_bytes(g),
             });
         }
         let which: Vec<usize> = (0..n as usize).filter(|&i| !per[i].is_empty()).collect();

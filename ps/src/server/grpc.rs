@@ -10,6 +10,7 @@ use odl_proto::hashing::FeatureId;
 use odl_proto::params::{ModelSchema, TaskProgress, TrainProgress};
 use odl_proto::ps_rpc as rpc;
 use odl_proto::ps_rpc::parameter_server_server::ParameterServer;
+use odl_proto::wire;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
@@ -43,10 +44,13 @@ impl PsService {
     }
 }
 
-/// Keys on the wire are plain u64; the store speaks [`FeatureId`] (a transparent
-/// newtype), so this is a cheap copy, not a parse.
-fn ids(keys: Vec<u64>) -> Vec<FeatureId> {
-    keys.into_iter().map(FeatureId).collect()
+/// Keys on the wire are little-endian u64s; the store speaks [`FeatureId`] (a
+/// transparent newtype).
+fn ids(keys: &[u8]) -> Result<Vec<FeatureId>, PsError> {
+    Ok(wire::bytes_to_u64s("keys", keys)?
+        .into_iter()
+        .map(FeatureId)
+        .collect())
 }
 
 /// What `ShardInfo` and `/v1/shard` report.
@@ -105,11 +109,13 @@ impl ParameterServer for PsService {
     ) -> Result<Response<rpc::PullSparseResponse>, Status> {
         let _timed = self.time_pull("sparse");
         let req = req.into_inner();
-        let keys = ids(req.keys);
+        let keys = ids(&req.keys)?;
         let dim = self.store.table(&req.table)?.dim();
         let mut values = vec![0.0; keys.len() * dim];
         self.store.pull_rows(&req.table, &keys, &mut values)?;
-        Ok(Response::new(rpc::PullSparseResponse { values }))
+        Ok(Response::new(rpc::PullSparseResponse {
+            values: wire::f32s_to_bytes(&values),
+        }))
     }
 
     async fn push_sparse(
@@ -118,8 +124,8 @@ impl ParameterServer for PsService {
     ) -> Result<Response<rpc::PushSparseResponse>, Status> {
         let _timed = self.time_push("sparse");
         let req = req.into_inner();
-        self.store
-            .push_rows(&req.table, &ids(req.keys), &req.grads)?;
+        let grads = wire::bytes_to_f32s("grads", &req.grads).map_err(PsError::from)?;
+        self.store.push_rows(&req.table, &ids(&req.keys)?, &grads)?;
         Ok(Response::new(rpc::PushSparseResponse {}))
     }
 
@@ -133,7 +139,10 @@ impl ParameterServer for PsService {
         let tensors = names
             .into_iter()
             .zip(values)
-            .map(|(name, values)| rpc::DenseTensor { name, values })
+            .map(|(name, values)| rpc::DenseTensor {
+                name,
+                values: wire::f32s_to_bytes(&values),
+            })
             .collect();
         Ok(Response::new(rpc::PullDenseResponse { tensors }))
     }
@@ -143,12 +152,12 @@ impl ParameterServer for PsService {
         req: Request<rpc::PushDenseRequest>,
     ) -> Result<Response<rpc::PushDenseResponse>, Status> {
         let _timed = self.time_push("dense");
-        let grads: Vec<(String, Vec<f32>)> = req
+        let grads = req
             .into_inner()
             .grads
             .into_iter()
-            .map(|t| (t.name, t.values))
-            .collect();
+            .map(|t| Ok((t.name, wire::bytes_to_f32s("dense grads", &t.values)?)))
+            .collect::<Result<Vec<(String, Vec<f32>)>, PsError>>()?;
         self.store.push_dense_grads(&grads)?;
         Ok(Response::new(rpc::PushDenseResponse {}))
     }

@@ -231,6 +231,7 @@ fn remote_store_refuses_to_block_inside_async_code() {
 fn the_server_itself_validates_every_call() {
     use odl_proto::ps_rpc as rpc;
     use odl_proto::ps_rpc::parameter_server_client::ParameterServerClient;
+    use odl_proto::wire;
     use tonic::Code;
     let c = Cluster::start(1);
     let remote = c.client();
@@ -240,13 +241,22 @@ fn the_server_itself_validates_every_call() {
     let mut before = vec![0.0; 16];
     remote.pull_sparse("emb", &ks, &mut before).unwrap();
     let addr = format!("http://{}", c.grpc[0]);
-    let keys: Vec<u64> = ks.iter().map(|k| k.0).collect();
+    let keys = wire::u64s_to_bytes(ks.iter().map(|k| k.0));
     let codes: Vec<(Code, String)> = c.rt.block_on(async move {
         let mut cl = ParameterServerClient::connect(addr).await.unwrap();
         let push = |table: &str, grads: Vec<f32>| rpc::PushSparseRequest {
             table: table.into(),
             keys: keys.clone(),
-            grads,
+            grads: wire::f32s_to_bytes(&grads),
+        };
+        // Byte strings that hold no whole number of values: a torn gradient, a torn key.
+        let torn_grads = rpc::PushSparseRequest {
+            grads: wire::f32s_to_bytes(&[0.1; 16]).slice(..63),
+            ..push("emb", vec![])
+        };
+        let torn_keys = rpc::PushSparseRequest {
+            keys: keys.slice(..12),
+            ..push("emb", vec![0.1; 16])
         };
         let mut nan = vec![0.1; 16];
         nan[5] = f32::NAN;
@@ -255,6 +265,8 @@ fn the_server_itself_validates_every_call() {
             push("emb", nan),
             push("emb", vec![0.1; 15]),
             push("zzz", vec![0.1; 16]),
+            torn_grads,
+            torn_keys,
         ] {
             out.push(cl.push_sparse(req).await.unwrap_err());
         }
@@ -268,7 +280,7 @@ fn the_server_itself_validates_every_call() {
         );
         out.push(
             cl.declare(rpc::DeclareRequest {
-                schema_json: b"{nope".to_vec(),
+                schema_json: bytes::Bytes::from_static(b"{nope"),
                 shards: 1,
                 attributes: Default::default(),
             })
@@ -279,7 +291,7 @@ fn the_server_itself_validates_every_call() {
             cl.push_dense(rpc::PushDenseRequest {
                 grads: vec![rpc::DenseTensor {
                     name: "mlp.b".into(),
-                    values: vec![f32::INFINITY; 3],
+                    values: wire::f32s_to_bytes(&[f32::INFINITY; 3]),
                 }],
             })
             .await
@@ -302,6 +314,8 @@ fn the_server_itself_validates_every_call() {
         "not finite",
         "gradient floats",
         "unknown table",
+        "grads: 63 bytes is not a whole number of 4-byte values",
+        "keys: 12 bytes is not a whole number of 8-byte values",
         "unknown table",
         "schema_json",
         "not finite",
