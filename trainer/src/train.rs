@@ -30,7 +30,10 @@ pub struct RunOptions {
     pub epochs: usize,
     /// Threads training concurrently (Hogwild over the store).
     pub threads: usize,
-    /// Staleness bound: dense tensors are pulled every this many batches (1: always).
+    /// Staleness bound: each thread synchronises the dense tensors every this many
+    /// batches (1: every batch). In between it computes with the tensors it pulled at
+    /// the last sync and sums its dense gradients; a sync pushes the sum, then the next
+    /// batch pulls fresh tensors. Sparse rows are always pulled and pushed per batch.
     pub dense_refresh_batches: usize,
     /// This worker's share `(i, n)`: it takes the lines whose index modulo `n` is `i`.
     pub share: (usize, usize),
@@ -305,8 +308,10 @@ fn source_loop(
             Ok(Poll::End) => break,
             Ok(Poll::Idle) if stream.idle_exit.is_some_and(|d| last_record.elapsed() >= d) => break,
             // Progress goes on being reported while the topic is quiet, so what the
-            // worker shows (and the publisher's gates see) is never stale.
+            // worker shows (and the publisher's gates see) is never stale; gradients
+            // held for the next dense sync are pushed and their records committed.
             Ok(Poll::Idle) => {
+                flush(&mut trainer, shared, &mut *source)?;
                 maybe_progress(shared)?;
                 continue;
             }
@@ -333,14 +338,30 @@ fn source_loop(
         }
         trainer.train(shared, &lines, line_no)?;
         line_no += records.len() as u64;
-        // The batch is in the store: its records may be committed. A failed commit is
-        // retried by the next one (they are cumulative); until then a new owner of the
-        // partition would train the batch again.
-        if let Err(e) = source.commit() {
-            tracing::warn!("committing the samples' offsets failed ({e}); the next commit retries");
+        // Once every gradient of the batches so far is in the store (at each dense
+        // sync), their records may be committed.
+        if trainer.synced() {
+            commit(&mut *source);
         }
     }
+    flush(&mut trainer, shared, &mut *source)
+}
+
+/// Push the gradients `trainer` holds, if any, and commit the records they came from.
+fn flush(trainer: &mut BatchTrainer, shared: &Shared, source: &mut dyn RecordSource) -> Result<()> {
+    if !trainer.synced() {
+        trainer.sync(shared)?;
+        commit(source);
+    }
     Ok(())
+}
+
+/// Commit what was polled so far. A failed commit is retried by the next one (they are
+/// cumulative); until then a new owner of the partition would train those records again.
+fn commit(source: &mut dyn RecordSource) {
+    if let Err(e) = source.commit() {
+        tracing::warn!("committing the samples' offsets failed ({e}); the next commit retries");
+    }
 }
 
 /// Exponential backoff (50 ms to 2 s) while a broker is unreachable, logged as it goes.
@@ -513,19 +534,23 @@ fn worker_loop(shared: &Shared, reader: &Mutex<SharedReader>) -> Result<()> {
             first
         };
         if lines.is_empty() {
-            return Ok(());
+            return trainer.sync(shared);
         }
         trainer.train(shared, &lines, first_line)?;
     }
 }
 
 /// One thread's batch pipeline: parse the lines, pull, predict (recorded before
-/// learning), push the gradients.
+/// learning), push the gradients; dense tensors are synchronised every
+/// `dense_refresh_batches` batches ([`RunOptions::dense_refresh_batches`]).
 struct BatchTrainer<'m> {
     batch: Batch,
     builder: crate::features::BatchBuilder<'m>,
+    /// The dense tensors computed with, pulled at the first batch after a sync.
     dense: Option<Arc<Vec<Vec<f32>>>>,
-    since_refresh: usize,
+    /// Dense gradients summed since the last sync (`None`: nothing held).
+    pending: Option<Vec<Vec<f32>>>,
+    since_sync: usize,
 }
 
 impl<'m> BatchTrainer<'m> {
@@ -534,12 +559,48 @@ impl<'m> BatchTrainer<'m> {
             batch: Batch::default(),
             builder: model.batch_builder(),
             dense: None,
-            since_refresh: 0,
+            pending: None,
+            since_sync: 0,
+        }
+    }
+
+    /// Whether every gradient of the batches trained so far is in the store.
+    fn synced(&self) -> bool {
+        self.pending.is_none()
+    }
+
+    /// Push the dense gradients held since the last sync; the next batch pulls fresh
+    /// tensors (a frozen model's never change, so it keeps them).
+    fn sync(&mut self, shared: &Shared) -> Result<()> {
+        if let Some(pending) = &self.pending {
+            retry(shared, || {
+                Ok(shared.model.push_dense(shared.store, pending)?)
+            })?;
+            self.pending = None;
+        }
+        if shared.opts.learn {
+            self.dense = None;
+        }
+        self.since_sync = 0;
+        Ok(())
+    }
+
+    fn hold_dense(&mut self, grads: Vec<Vec<f32>>) {
+        match &mut self.pending {
+            None => self.pending = Some(grads),
+            Some(sum) => {
+                for (s, g) in sum.iter_mut().zip(&grads) {
+                    for (a, b) in s.iter_mut().zip(g) {
+                        *a += b;
+                    }
+                }
+            }
         }
     }
 
     /// Train on `lines` (`first_line`: the number of the first, for warnings). When it
-    /// returns Ok, the batch's gradients have reached the store.
+    /// returns Ok, the batch's sparse gradients have reached the store, and its dense
+    /// ones too if [`synced`](Self::synced).
     fn train(&mut self, shared: &Shared, lines: &[String], first_line: u64) -> Result<()> {
         let model = shared.model;
         for (k, line) in lines.iter().enumerate() {
@@ -556,31 +617,30 @@ impl<'m> BatchTrainer<'m> {
         if self.batch.len == 0 {
             return Ok(());
         }
-        let refresh = match self.dense {
-            None => true,
-            // A frozen model's dense tensors never change.
-            Some(_) if !shared.opts.learn => false,
-            Some(_) => self.since_refresh + 1 >= shared.opts.dense_refresh_batches,
-        };
-        if refresh {
+        if self.dense.is_none() {
             self.dense = Some(retry(shared, || model.pull_dense(shared.store))?);
-            self.since_refresh = 0;
-        } else {
-            self.since_refresh += 1;
         }
         let (batch, dense) = (&self.batch, &self.dense);
-        let preds = retry(shared, || {
-            if shared.opts.learn {
-                model.train_batch(shared.store, batch, dense.clone())
-            } else {
-                let p = model.pull(shared.store, batch, dense.clone())?;
-                model.predict_params(batch, &p)
+        let (preds, dense_grads) = retry(shared, || {
+            let p = model.pull(shared.store, batch, dense.clone())?;
+            if !shared.opts.learn {
+                return Ok((model.predict_params(batch, &p)?, None));
             }
+            let (preds, grads) = model.gradients(batch, &p)?;
+            model.push_sparse(shared.store, batch, &grads.tables)?;
+            Ok((preds, Some(grads.dense)))
         })?;
-        lock(&shared.eval).record(batch, &preds);
+        lock(&shared.eval).record(&self.batch, &preds);
+        if let Some(g) = dense_grads {
+            self.hold_dense(g);
+            self.since_sync += 1;
+            if self.since_sync >= shared.opts.dense_refresh_batches {
+                self.sync(shared)?;
+            }
+        }
         shared
             .samples
-            .fetch_add(batch.len as u64, Ordering::Relaxed);
+            .fetch_add(self.batch.len as u64, Ordering::Relaxed);
         maybe_progress(shared)
     }
 }
@@ -767,11 +827,14 @@ mod tests {
         assert!(run_file(&m, &store, f.path(), &bad).is_err());
     }
 
-    /// A source playing a script of polls, which checks at each commit that every
-    /// batch it returned had its gradients pushed first.
+    /// A source playing a script of polls, which checks at each commit that the
+    /// batches returned since the last one had their gradients pushed first: a
+    /// commit after new batches must follow a dense push (the last gradients to leave).
     struct ScriptedSource {
         script: std::collections::VecDeque<odl_proto::stream::Result<Poll>>,
         batches_returned: u64,
+        /// `batches_returned` and pushes seen at the last commit.
+        at_commit: (u64, u64),
         pushes: Arc<AtomicU64>,
         commits: Arc<AtomicU64>,
     }
@@ -785,10 +848,12 @@ mod tests {
             p
         }
         fn commit(&mut self) -> odl_proto::stream::Result<()> {
+            let pushes = self.pushes.load(Ordering::SeqCst);
             assert!(
-                self.pushes.load(Ordering::SeqCst) >= self.batches_returned,
-                "committed before the batch reached the store"
+                self.batches_returned == self.at_commit.0 || pushes > self.at_commit.1,
+                "committed before the batches reached the store"
             );
+            self.at_commit = (self.batches_returned, pushes);
             self.commits.fetch_add(1, Ordering::SeqCst);
             Ok(())
         }
@@ -868,6 +933,7 @@ mod tests {
             Box::new(ScriptedSource {
                 script: script.into(),
                 batches_returned: 0,
+                at_commit: (0, 0),
                 pushes: pushes.clone(),
                 commits: commits.clone(),
             })
@@ -900,6 +966,64 @@ mod tests {
     }
 
     #[test]
+    fn dense_gradients_are_summed_between_syncs_and_pushed_before_a_commit() {
+        let m = model();
+        let pushes = Arc::new(AtomicU64::new(0));
+        let store = CountingStore {
+            inner: MemStore::default(),
+            pushes: pushes.clone(),
+        };
+        store.declare(m.schema()).unwrap();
+        let opts = RunOptions {
+            dense_refresh_batches: 3,
+            threads: 1,
+            ..RunOptions::default()
+        };
+        // File mode: 10 batches of 16 are synced after batches 3, 6 and 9, and the last
+        // one when the input ends.
+        let f = write_samples(160, 0);
+        let (r, _) = run_file(&m, &store, f.path(), &opts).unwrap();
+        assert_eq!(r.samples, 160);
+        assert_eq!(pushes.swap(0, Ordering::SeqCst), 4);
+
+        // A live source: commits only at syncs: after 3 batches, and when it goes idle
+        // with the gradients of 2 more held (nothing is held at the end).
+        let commits = Arc::new(AtomicU64::new(0));
+        let polls = (0..5).map(|b| Ok(keyed(b * 16..(b + 1) * 16, true)));
+        let source = Box::new(ScriptedSource {
+            script: polls.chain([Ok(Poll::Idle)]).collect(),
+            batches_returned: 0,
+            at_commit: (0, 0),
+            pushes: pushes.clone(),
+            commits: commits.clone(),
+        });
+        let stream = StreamRun {
+            idle_exit: Some(Duration::from_millis(300)),
+            ..StreamRun::default()
+        };
+        let (r, _) = run_sources(&m, &store, vec![source], &opts, &stream).unwrap();
+        assert_eq!(r.samples, 80);
+        assert_eq!(
+            pushes.load(Ordering::SeqCst),
+            2,
+            "a sync after 3 batches, one when idle"
+        );
+        assert_eq!(commits.load(Ordering::SeqCst), 2);
+    }
+
+    /// A sync pushes the element-wise sum of the gradients held since the last one
+    /// (for SGD and FTRL's linear accumulators, the first-order effect of k pushes).
+    #[test]
+    fn a_sync_pushes_the_sum_of_the_held_gradients() {
+        let m = model();
+        let mut t = BatchTrainer::new(&m);
+        t.hold_dense(vec![vec![1.0, 2.0], vec![3.0]]);
+        t.hold_dense(vec![vec![0.5, -2.0], vec![1.0]]);
+        assert!(!t.synced());
+        assert_eq!(t.pending, Some(vec![vec![1.5, 0.0], vec![4.0]]));
+    }
+
+    #[test]
     fn live_sources_stop_when_asked_and_fail_on_a_fatal_error() {
         let m = model();
         let store = MemStore::default();
@@ -929,6 +1053,7 @@ mod tests {
             })]
             .into(),
             batches_returned: 0,
+            at_commit: (0, 0),
             pushes: Arc::default(),
             commits: Arc::default(),
         });

@@ -26,6 +26,10 @@ pub struct BenchTrainArgs {
     /// Model config (default: configs/model.toml, mmoe).
     #[arg(long)]
     pub model_config: Option<PathBuf>,
+    /// Training threads of each cluster worker (2: `threads` in configs/trainer.toml;
+    /// a thread waiting on a shard leaves its core to the other).
+    #[arg(long, default_value_t = 2)]
+    pub worker_threads: usize,
     /// Skip the cluster measurement.
     #[arg(long)]
     pub no_cluster: bool,
@@ -211,8 +215,9 @@ pub fn run(args: BenchTrainArgs) -> anyhow::Result<()> {
         for i in 0..2 {
             let cfg = dir.join(format!("worker-{i}.toml"));
             let mut text = format!(
-                "ps = [\"{a0}\", \"{a1}\"]\nsamples = \"{}\"\nworker = \"{i}/2\"\nthreads = 1\nreport = \"{}\"\n",
+                "ps = [\"{a0}\", \"{a1}\"]\nsamples = \"{}\"\nworker = \"{i}/2\"\nthreads = {}\nreport = \"{}\"\n",
                 s(&samples),
+                args.worker_threads,
                 s(&dir.join(format!("w{i}.json")))
             );
             if let Some(m) = &args.model_config {
@@ -249,7 +254,8 @@ pub fn run(args: BenchTrainArgs) -> anyhow::Result<()> {
             .fold(0.0, f64::max);
         let sps = total / slowest.max(1e-9);
         eprintln!(
-            "cluster (2 shards, 2 workers): {sps:.0} samples/s ({:.2}x file mode; wall {wall:.1} s incl. start-up), worker RSS {:.0}/{:.0} MB, shard RSS {:.0}/{:.0} MB, click current AUC {:.4}/{:.4}",
+            "cluster (2 shards, 2 workers x {} threads): {sps:.0} samples/s ({:.2}x file mode; wall {wall:.1} s incl. start-up), worker RSS {:.0}/{:.0} MB, shard RSS {:.0}/{:.0} MB, click current AUC {:.4}/{:.4}",
+            args.worker_threads,
             sps / file_sps.max(1e-9),
             worker_peaks[0] as f64 / 1024.0,
             worker_peaks[1] as f64 / 1024.0,
@@ -259,6 +265,7 @@ pub fn run(args: BenchTrainArgs) -> anyhow::Result<()> {
             click_auc(&reports[1]),
         );
         summary["cluster"] = serde_json::json!({
+            "worker_threads": args.worker_threads,
             "samples_per_second": sps,
             "ratio_to_file_mode": sps / file_sps.max(1e-9),
             "worker_peak_rss_mb": worker_peaks.iter().map(|k| *k as f64 / 1024.0).collect::<Vec<_>>(),

@@ -258,13 +258,33 @@ impl Model {
 
     /// Send a batch's gradients to the store (one row per unique key per table).
     pub fn push(&self, store: &dyn ParamStore, batch: &Batch, grads: Grads) -> Result<()> {
-        for (spec, g) in self.schema.tables.iter().zip(&grads.tables) {
+        self.push_sparse(store, batch, &grads.tables)?;
+        self.push_dense(store, &grads.dense)
+    }
+
+    /// Send a batch's sparse gradients (`grads.tables`) to the store.
+    pub fn push_sparse(
+        &self,
+        store: &dyn ParamStore,
+        batch: &Batch,
+        tables: &[Vec<f32>],
+    ) -> Result<()> {
+        for (spec, g) in self.schema.tables.iter().zip(tables) {
             if !batch.keys.is_empty() {
                 store.push_sparse(&spec.name, &batch.keys, g)?;
             }
         }
-        let dense: Vec<(String, Vec<f32>)> =
-            self.dense_names.iter().cloned().zip(grads.dense).collect();
+        Ok(())
+    }
+
+    /// Send dense gradients (one per tensor, in schema order) to the store.
+    pub fn push_dense(&self, store: &dyn ParamStore, dense: &[Vec<f32>]) -> Result<()> {
+        let dense: Vec<(String, Vec<f32>)> = self
+            .dense_names
+            .iter()
+            .cloned()
+            .zip(dense.iter().cloned())
+            .collect();
         store.push_dense(&dense)?;
         Ok(())
     }
