@@ -147,27 +147,110 @@ struct Timer {
 /// few timers at a time: it is kept apart (`front`), sorted in reverse, and popped from
 /// its end; a timer pushed into its range (a click in the current second) is inserted
 /// in place.
+///
+/// The buckets after `front` live in a ring indexed by bucket number, so a push is an
+/// index, not a search (events arrive up to the allowed lateness out of order, so pushes
+/// spread over the last minute's buckets). A bucket too far from the ring (an event time
+/// hours away) goes to an ordered map instead; a due bucket gathers its timers from
+/// both. The vectors of consumed buckets are reused rather than grown afresh.
 #[derive(Default)]
 struct Timers {
-    buckets: BTreeMap<i64, Vec<Timer>>,
-    /// The bucket being consumed, by descending `(deadline, seq)`; every timer in
-    /// `buckets` is in a later bucket.
+    /// The bucket being consumed, by descending `(deadline, seq)`; every other timer is
+    /// in a later bucket.
     front: Vec<Timer>,
     /// Which bucket `front` holds (`None` while it is empty).
     front_bucket: Option<i64>,
+    /// Buckets `first..first + ring.len()`, unsorted.
+    ring: VecDeque<Vec<Timer>>,
+    first: i64,
+    /// Buckets beyond [`RING_BUCKETS`] of the ring's span, unsorted.
+    far: BTreeMap<i64, Vec<Timer>>,
+    /// Emptied bucket vectors, kept for their capacity.
+    spare: Vec<Vec<Timer>>,
 }
 
 const BUCKET_SHIFT: u32 = 10;
+/// The most buckets the ring spans (about 70 minutes of deadlines).
+const RING_BUCKETS: i64 = 4096;
+/// Emptied bucket vectors kept for reuse.
+const SPARE_BUCKETS: usize = 64;
 
 impl Timers {
     fn push(&mut self, t: Timer) {
         let bucket = t.deadline >> BUCKET_SHIFT;
-        match self.front_bucket {
-            Some(f) if bucket <= f => {
-                let at = self.front.partition_point(|x| (x.deadline, x.seq) > (t.deadline, t.seq));
-                self.front.insert(at, t);
+        if self.front_bucket.is_some_and(|f| bucket <= f) {
+            let at = self.front.partition_point(|x| (x.deadline, x.seq) > (t.deadline, t.seq));
+            self.front.insert(at, t);
+            return;
+        }
+        match self.ring_slot(bucket) {
+            Some(i) => {
+                let slot = &mut self.ring[i];
+                if slot.capacity() == 0 {
+                    *slot = self.spare.pop().unwrap_or_default();
+                }
+                slot.push(t);
             }
-            _ => self.buckets.entry(bucket).or_default().push(t),
+            None => self.far.entry(bucket).or_default().push(t),
+        }
+    }
+
+    /// The ring index of `bucket`, widening the ring to it unless that would span more
+    /// than [`RING_BUCKETS`].
+    fn ring_slot(&mut self, bucket: i64) -> Option<usize> {
+        if self.ring.is_empty() {
+            self.first = bucket;
+            self.ring.push_back(Vec::new());
+            return Some(0);
+        }
+        let end = self.first + self.ring.len() as i64;
+        if bucket < self.first {
+            if end - bucket > RING_BUCKETS {
+                return None;
+            }
+            for _ in bucket..self.first {
+                self.ring.push_front(Vec::new());
+            }
+            self.first = bucket;
+        } else if bucket >= end {
+            if bucket - self.first >= RING_BUCKETS {
+                return None;
+            }
+            self.ring.resize_with((bucket - self.first + 1) as usize, Vec::new);
+        }
+        Some((bucket - self.first) as usize)
+    }
+
+    /// The earliest bucket holding a timer after `front`, if any.
+    fn next_bucket(&mut self) -> Option<i64> {
+        while self.ring.front().is_some_and(Vec::is_empty) {
+            let empty = self.ring.pop_front();
+            self.recycle(empty);
+            self.first += 1;
+        }
+        let ring = (!self.ring.is_empty()).then_some(self.first);
+        let far = self.far.first_key_value().map(|(&b, _)| b);
+        ring.into_iter().chain(far).min()
+    }
+
+    /// Removes and returns every timer of `bucket`, which is the earliest one.
+    fn take(&mut self, bucket: i64) -> Vec<Timer> {
+        let mut timers = Vec::new();
+        if !self.ring.is_empty() && self.first == bucket {
+            timers = self.ring.pop_front().unwrap_or_default();
+            self.first += 1;
+        }
+        if let Some(mut far) = self.far.remove(&bucket) {
+            timers.append(&mut far);
+        }
+        timers
+    }
+
+    fn recycle(&mut self, v: Option<Vec<Timer>>) {
+        if let Some(v) = v.filter(|v| v.capacity() > 0) {
+            if self.spare.len() < SPARE_BUCKETS {
+                self.spare.push(v);
+            }
         }
     }
 
@@ -182,24 +265,25 @@ impl Timers {
                 }
                 due.extend(self.front.pop());
             }
-            let Some(entry) = self.buckets.first_entry() else {
+            let Some(bucket) = self.next_bucket() else {
                 self.front_bucket = None;
                 return;
             };
-            if limit.is_some_and(|l| *entry.key() << BUCKET_SHIFT >= l) {
+            if limit.is_some_and(|l| bucket << BUCKET_SHIFT >= l) {
                 self.front_bucket = None;
                 return;
             }
-            let (bucket, mut timers) = entry.remove_entry();
+            let mut timers = self.take(bucket);
             timers.sort_unstable_by_key(|t| Reverse((t.deadline, t.seq)));
-            self.front = timers;
+            let consumed = std::mem::replace(&mut self.front, timers);
+            self.recycle(Some(consumed));
             self.front_bucket = Some(bucket);
         }
     }
 
     /// Every pending timer, in no particular order.
     fn iter(&self) -> impl Iterator<Item = &Timer> {
-        self.front.iter().chain(self.buckets.values().flatten())
+        self.front.iter().chain(self.ring.iter().flatten()).chain(self.far.values().flatten())
     }
 }
 
