@@ -664,10 +664,31 @@ impl Joiner {
         let mut due = std::mem::take(&mut self.due);
         let limit = if self.flushing { None } else { Some(self.watermark) };
         self.timers.pop_due(limit, &mut due);
-        for t in due.drain(..) {
+        let mut due_now = due.drain(..).peekable();
+        while let Some(t) = due_now.next() {
+            if let Some(next) = due_now.peek() {
+                self.prefetch_key(next.key);
+            }
             self.fire(t);
         }
+        drop(due_now);
         self.due = due;
+    }
+
+    /// Starts loading the state of `key` (a timer about to fire): the keys' states are
+    /// spread over a table of tens of megabytes, so firing a timer is mostly waiting
+    /// for memory. Looking the key up one timer early lets that wait overlap the
+    /// current timer's work.
+    fn prefetch_key(&self, key: Key) {
+        if let Some(state) = self.keys.get(&key) {
+            let p = (state as *const KeyState).cast::<u8>();
+            for at in (64..size_of::<KeyState>()).step_by(64) {
+                prefetch(p.wrapping_add(at));
+            }
+            if let Some(held) = &state.exposure {
+                prefetch(held.candidates.as_ptr().cast());
+            }
+        }
     }
 
     fn fire(&mut self, t: Timer) {
