@@ -147,27 +147,110 @@ struct Timer {
 /// few timers at a time: it is kept apart (`front`), sorted in reverse, and popped from
 /// its end; a timer pushed into its range (a click in the current second) is inserted
 /// in place.
+///
+/// The buckets after `front` live in a ring indexed by bucket number, so a push is an
+/// index, not a search (events arrive up to the allowed lateness out of order, so pushes
+/// spread over the last minute's buckets). A bucket too far from the ring (an event time
+/// hours away) goes to an ordered map instead; a due bucket gathers its timers from
+/// both. The vectors of consumed buckets are reused rather than grown afresh.
 #[derive(Default)]
 struct Timers {
-    buckets: BTreeMap<i64, Vec<Timer>>,
-    /// The bucket being consumed, by descending `(deadline, seq)`; every timer in
-    /// `buckets` is in a later bucket.
+    /// The bucket being consumed, by descending `(deadline, seq)`; every other timer is
+    /// in a later bucket.
     front: Vec<Timer>,
     /// Which bucket `front` holds (`None` while it is empty).
     front_bucket: Option<i64>,
+    /// Buckets `first..first + ring.len()`, unsorted.
+    ring: VecDeque<Vec<Timer>>,
+    first: i64,
+    /// Buckets beyond [`RING_BUCKETS`] of the ring's span, unsorted.
+    far: BTreeMap<i64, Vec<Timer>>,
+    /// Emptied bucket vectors, kept for their capacity.
+    spare: Vec<Vec<Timer>>,
 }
 
 const BUCKET_SHIFT: u32 = 10;
+/// The most buckets the ring spans (about 70 minutes of deadlines).
+const RING_BUCKETS: i64 = 4096;
+/// Emptied bucket vectors kept for reuse.
+const SPARE_BUCKETS: usize = 64;
 
 impl Timers {
     fn push(&mut self, t: Timer) {
         let bucket = t.deadline >> BUCKET_SHIFT;
-        match self.front_bucket {
-            Some(f) if bucket <= f => {
-                let at = self.front.partition_point(|x| (x.deadline, x.seq) > (t.deadline, t.seq));
-                self.front.insert(at, t);
+        if self.front_bucket.is_some_and(|f| bucket <= f) {
+            let at = self.front.partition_point(|x| (x.deadline, x.seq) > (t.deadline, t.seq));
+            self.front.insert(at, t);
+            return;
+        }
+        match self.ring_slot(bucket) {
+            Some(i) => {
+                let slot = &mut self.ring[i];
+                if slot.capacity() == 0 {
+                    *slot = self.spare.pop().unwrap_or_default();
+                }
+                slot.push(t);
             }
-            _ => self.buckets.entry(bucket).or_default().push(t),
+            None => self.far.entry(bucket).or_default().push(t),
+        }
+    }
+
+    /// The ring index of `bucket`, widening the ring to it unless that would span more
+    /// than [`RING_BUCKETS`].
+    fn ring_slot(&mut self, bucket: i64) -> Option<usize> {
+        if self.ring.is_empty() {
+            self.first = bucket;
+            self.ring.push_back(Vec::new());
+            return Some(0);
+        }
+        let end = self.first + self.ring.len() as i64;
+        if bucket < self.first {
+            if end - bucket > RING_BUCKETS {
+                return None;
+            }
+            for _ in bucket..self.first {
+                self.ring.push_front(Vec::new());
+            }
+            self.first = bucket;
+        } else if bucket >= end {
+            if bucket - self.first >= RING_BUCKETS {
+                return None;
+            }
+            self.ring.resize_with((bucket - self.first + 1) as usize, Vec::new);
+        }
+        Some((bucket - self.first) as usize)
+    }
+
+    /// The earliest bucket holding a timer after `front`, if any.
+    fn next_bucket(&mut self) -> Option<i64> {
+        while self.ring.front().is_some_and(Vec::is_empty) {
+            let empty = self.ring.pop_front();
+            self.recycle(empty);
+            self.first += 1;
+        }
+        let ring = (!self.ring.is_empty()).then_some(self.first);
+        let far = self.far.first_key_value().map(|(&b, _)| b);
+        ring.into_iter().chain(far).min()
+    }
+
+    /// Removes and returns every timer of `bucket`, which is the earliest one.
+    fn take(&mut self, bucket: i64) -> Vec<Timer> {
+        let mut timers = Vec::new();
+        if !self.ring.is_empty() && self.first == bucket {
+            timers = self.ring.pop_front().unwrap_or_default();
+            self.first += 1;
+        }
+        if let Some(mut far) = self.far.remove(&bucket) {
+            timers.append(&mut far);
+        }
+        timers
+    }
+
+    fn recycle(&mut self, v: Option<Vec<Timer>>) {
+        if let Some(v) = v.filter(|v| v.capacity() > 0) {
+            if self.spare.len() < SPARE_BUCKETS {
+                self.spare.push(v);
+            }
         }
     }
 
@@ -182,24 +265,25 @@ impl Timers {
                 }
                 due.extend(self.front.pop());
             }
-            let Some(entry) = self.buckets.first_entry() else {
+            let Some(bucket) = self.next_bucket() else {
                 self.front_bucket = None;
                 return;
             };
-            if limit.is_some_and(|l| *entry.key() << BUCKET_SHIFT >= l) {
+            if limit.is_some_and(|l| bucket << BUCKET_SHIFT >= l) {
                 self.front_bucket = None;
                 return;
             }
-            let (bucket, mut timers) = entry.remove_entry();
+            let mut timers = self.take(bucket);
             timers.sort_unstable_by_key(|t| Reverse((t.deadline, t.seq)));
-            self.front = timers;
+            let consumed = std::mem::replace(&mut self.front, timers);
+            self.recycle(Some(consumed));
             self.front_bucket = Some(bucket);
         }
     }
 
     /// Every pending timer, in no particular order.
     fn iter(&self) -> impl Iterator<Item = &Timer> {
-        self.front.iter().chain(self.buckets.values().flatten())
+        self.front.iter().chain(self.ring.iter().flatten()).chain(self.far.values().flatten())
     }
 }
 
@@ -207,6 +291,38 @@ struct Ready {
     held: Held,
     feature: Feature,
 }
+
+impl Ready {
+    /// Starts loading what rendering this sample reads: the exposure's ids and the
+    /// feature object were read minutes of event time ago and are long out of cache.
+    fn prefetch(&self) {
+        let line = self.held.line.as_ptr();
+        prefetch(line.wrapping_add(self.held.pv_id.start as usize));
+        prefetch(line.wrapping_add(self.held.item_id.end as usize));
+        let raw = &self.feature.raw;
+        for at in (0..raw.len()).step_by(64) {
+            prefetch(raw.as_ptr().wrapping_add(at));
+        }
+    }
+}
+
+/// Asks the CPU to start loading the cache line holding `p`, so that a read of it a
+/// little later does not stall.
+#[inline(always)]
+fn prefetch(p: *const u8) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch is only a hint: it never faults and changes no memory, whatever
+    // the address (nothing is dereferenced); SSE is part of the x86_64 baseline.
+    unsafe {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        _mm_prefetch::<_MM_HINT_T0>(p.cast());
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
+
+/// How many samples ahead of the one being rendered `drain_ready` prefetches.
+const PREFETCH_AHEAD: usize = 2;
 
 struct DeadLetter {
     reason: String,
@@ -402,6 +518,9 @@ impl Joiner {
             f(Output::DeadLetter(&self.render))?;
         }
         while let Some(r) = self.ready.pop_front() {
+            if let Some(ahead) = self.ready.get(PREFETCH_AHEAD - 1) {
+                ahead.prefetch();
+            }
             self.render.clear();
             let id_end = render_sample(&mut self.render, &r);
             let id = &self.render[PREFIX_ID_START..id_end];
@@ -545,10 +664,31 @@ impl Joiner {
         let mut due = std::mem::take(&mut self.due);
         let limit = if self.flushing { None } else { Some(self.watermark) };
         self.timers.pop_due(limit, &mut due);
-        for t in due.drain(..) {
+        let mut due_now = due.drain(..).peekable();
+        while let Some(t) = due_now.next() {
+            if let Some(next) = due_now.peek() {
+                self.prefetch_key(next.key);
+            }
             self.fire(t);
         }
+        drop(due_now);
         self.due = due;
+    }
+
+    /// Starts loading the state of `key` (a timer about to fire): the keys' states are
+    /// spread over a table of tens of megabytes, so firing a timer is mostly waiting
+    /// for memory. Looking the key up one timer early lets that wait overlap the
+    /// current timer's work.
+    fn prefetch_key(&self, key: Key) {
+        if let Some(state) = self.keys.get(&key) {
+            let p = (state as *const KeyState).cast::<u8>();
+            for at in (64..size_of::<KeyState>()).step_by(64) {
+                prefetch(p.wrapping_add(at));
+            }
+            if let Some(held) = &state.exposure {
+                prefetch(held.candidates.as_ptr().cast());
+            }
+        }
     }
 
     fn fire(&mut self, t: Timer) {
