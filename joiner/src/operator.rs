@@ -28,6 +28,7 @@ use crate::quality::{Pending, Quality};
 use crate::stats::JoinStats;
 use bytes::Bytes;
 use memchr::memmem::Finder;
+use smallvec::SmallVec;
 use odl_proto::event::StreamKind;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -102,7 +103,7 @@ struct Held {
     audit: bool,
     clicks: u32,
     detail_clicks: u32,
-    candidates: Vec<Feature>,
+    candidates: Features,
 }
 
 const PREFIX_ID_START: usize = br#"{"sample_id":""#.len();
@@ -110,10 +111,17 @@ const PREFIX_ID_START: usize = br#"{"sample_id":""#.len();
 #[derive(Default)]
 struct KeyState {
     exposure: Option<Held>,
-    clicks: Vec<i64>,
-    detail_clicks: Vec<i64>,
-    features: Vec<Feature>,
+    clicks: Times,
+    detail_clicks: Times,
+    features: Features,
 }
+
+/// Most keys see one feature event (a re-scored exposure sees more): kept inline, a key
+/// allocates nothing for it.
+type Features = SmallVec<[Feature; 1]>;
+
+/// Pending click times of a key: rarely more than one or two, kept inline.
+type Times = SmallVec<[i64; 2]>;
 
 impl KeyState {
     fn is_empty(&self) -> bool {
@@ -560,14 +568,14 @@ impl Joiner {
             audit: self.audit_all || ev.audit_hash < self.audit_threshold,
             clicks: 0,
             detail_clicks: 0,
-            candidates: Vec::new(),
+            candidates: Features::new(),
         };
         let t = ev.ts;
         let (cw, dw) = (self.click_wait, self.detail_click_wait);
         let mut claimed = 0;
         let quality = &mut self.quality;
         let observe = self.observe_quality;
-        state.clicks.retain(|&c| {
+        state.clicks.retain(|&mut c| {
             let hit = in_window(t, c, 0, cw);
             if hit && observe {
                 quality.label_joined(false, c - t);
@@ -578,7 +586,7 @@ impl Joiner {
         held.clicks = claimed;
         self.stats.click.joined += claimed as u64;
         claimed = 0;
-        state.detail_clicks.retain(|&c| {
+        state.detail_clicks.retain(|&mut c| {
             let hit = in_window(t, c, 0, dw);
             if hit && observe {
                 quality.label_joined(true, c - t);
@@ -711,12 +719,12 @@ impl Joiner {
             }
             TimerKind::Click => {
                 let before = state.clicks.len();
-                state.clicks.retain(|&c| !expired(c));
+                state.clicks.retain(|&mut c| !expired(c));
                 self.stats.click.unjoined += (before - state.clicks.len()) as u64;
             }
             TimerKind::DetailClick => {
                 let before = state.detail_clicks.len();
-                state.detail_clicks.retain(|&c| !expired(c));
+                state.detail_clicks.retain(|&mut c| !expired(c));
                 self.stats.detail_click.unjoined += (before - state.detail_clicks.len()) as u64;
             }
             TimerKind::Feature => {

@@ -10,7 +10,7 @@
 //! waiting to be drained. Integrity (a torn or corrupt blob) is the checkpoint
 //! store's concern; here a truncated or inconsistent input is an error, never a panic.
 
-use super::{Feature, Held, Joiner, KeyState, Span, Timer, TimerKind};
+use super::{Feature, Features, Held, Joiner, KeyState, Span, Timer, TimerKind, Times};
 use crate::config::JoinerConfig;
 use crate::stats::JoinStats;
 use bytes::{Buf, BufMut, Bytes};
@@ -198,10 +198,10 @@ impl Reader<'_> {
         }
         Ok(s)
     }
-    fn times(&mut self) -> Result<Vec<i64>, SnapshotError> {
+    fn times(&mut self) -> Result<Times, SnapshotError> {
         (0..self.count()?).map(|_| self.i64()).collect()
     }
-    fn features(&mut self) -> Result<Vec<Feature>, SnapshotError> {
+    fn features(&mut self) -> Result<Features, SnapshotError> {
         (0..self.count()?).map(|_| Ok(Feature { ts: self.i64()?, seq: self.u64()?, raw: self.bytes()? })).collect()
     }
     fn key_state(&mut self) -> Result<KeyState, SnapshotError> {
