@@ -4,16 +4,18 @@
 //! catching up) holds the join back instead of seeing its events called late.
 //!
 //! Which partitions count:
-//! - a partition with records waiting to be read counts from the first lag check that
-//!   sees them, even before its first record arrives (its minimum is then "nothing
-//!   yet", which holds the watermark): otherwise, on a backlog, the first topic read
-//!   would race ahead and make every other topic's records late;
-//! - a partition that is empty (never had data, nothing waiting) does not: an empty
-//!   partition must not stall the join forever;
+//! - every partition counts from the first lag check that sees it, even before its
+//!   first record arrives (its maximum is then "nothing yet", which holds the
+//!   watermark): otherwise, when a burst reaches every topic at once, the first topic
+//!   read would race ahead and make every other topic's records late;
 //! - a partition that is caught up (nothing left to read at the last lag check) and
-//!   has had no message for `idle_after` stops counting until its next message. Being
-//!   caught up is required: a partition that is merely slow to fetch still has records
-//!   waiting, and skipping it would make them late.
+//!   has had no message for `idle_after` stops counting until its next message, so an
+//!   empty or quiet partition holds the join for `idle_after` at most. Being caught up
+//!   is required: a partition that is merely slow to fetch still has records waiting,
+//!   and skipping it would make them late;
+//! - the caller re-reads the lag whenever a record arrives on a partition that did
+//!   not count ([`Watermarks::counts`]): the quiet partitions of the other topics may
+//!   have a backlog again, and must hold the watermark before the new records move it.
 //!
 //! When no partition counts (everything idle), the watermark stays where it is.
 
@@ -65,22 +67,27 @@ impl Watermarks {
         }
     }
 
-    /// The consumer's lag of partition `id` (records waiting) at a check.
+    /// The consumer's lag of partition `id` (records waiting) at a check. A partition
+    /// seen for the first time counts from now, with nothing read yet.
     pub fn set_lag(&mut self, id: PartitionId, lag: i64, now: Instant) {
-        match self.parts.get_mut(&id) {
-            Some(p) => p.caught_up = lag <= 0,
-            None if lag > 0 => {
-                self.parts.insert(id, Partition { max_ts: i64::MIN, last_message: now, caught_up: false });
-            }
-            None => {}
-        }
+        let p = self.parts.entry(id).or_insert(Partition { max_ts: i64::MIN, last_message: now, caught_up: false });
+        p.caught_up = lag <= 0;
+    }
+
+    /// Whether partition `id` takes part in the watermark now.
+    pub fn counts(&self, id: PartitionId, now: Instant) -> bool {
+        self.parts.get(&id).is_some_and(|p| self.counting(p, now))
+    }
+
+    fn counting(&self, p: &Partition, now: Instant) -> bool {
+        !(p.caught_up && now.saturating_duration_since(p.last_message) >= self.idle_after)
     }
 
     /// The join watermark over the partitions that count, `None` if none does.
     pub fn current(&self, now: Instant) -> Option<i64> {
         self.parts
             .values()
-            .filter(|p| !(p.caught_up && now.saturating_duration_since(p.last_message) >= self.idle_after))
+            .filter(|p| self.counting(p, now))
             .map(|p| p.max_ts)
             .min()
             .map(|ts| ts.saturating_sub(self.lateness))
@@ -99,7 +106,7 @@ mod tests {
     const IDLE: Duration = Duration::from_secs(10);
 
     #[test]
-    fn the_slowest_partition_sets_the_watermark_and_empty_ones_do_not_count() {
+    fn the_slowest_partition_sets_the_watermark() {
         let t0 = Instant::now();
         let mut w = Watermarks::new(60_000, IDLE);
         assert_eq!(w.current(t0), None, "no data yet");
@@ -131,17 +138,38 @@ mod tests {
     }
 
     #[test]
-    fn a_partition_with_records_waiting_holds_the_watermark_before_its_first_record() {
+    fn a_partition_holds_the_watermark_before_its_first_record() {
         let t0 = Instant::now();
         let mut w = Watermarks::new(0, IDLE);
         w.set_lag((1, 0), 0, t0);
         w.observe((0, 0), 5_000, t0);
-        assert_eq!(w.current(t0), Some(5_000), "an empty partition does not count");
-        w.set_lag((1, 2), 30, t0);
-        assert_eq!(w.current(t0), Some(i64::MIN), "a backlog not read yet holds the join");
-        w.observe((1, 2), 4_000, t0);
-        assert_eq!(w.current(t0), Some(4_000));
-        assert_eq!(w.max_ts().count(), 2);
+        assert_eq!(w.current(t0), Some(i64::MIN), "an empty partition holds the join for a while");
+        assert!(w.counts((1, 0), t0));
+        let later = t0 + IDLE;
+        assert_eq!(w.current(later), Some(5_000), "but not once it has been empty for idle_after");
+        assert!(!w.counts((1, 0), later) && !w.counts((3, 0), later), "idle, resp. never seen");
+        w.observe((0, 0), 6_000, later);
+        assert_eq!(w.current(later), Some(6_000));
+        w.set_lag((1, 2), 30, later);
+        assert_eq!(w.current(later), Some(i64::MIN), "a backlog not read yet holds the join");
+        w.observe((1, 2), 4_000, later);
+        assert_eq!(w.current(later), Some(4_000));
+        assert_eq!(w.max_ts().count(), 2, "only partitions that had data are checkpointed");
+    }
+
+    #[test]
+    fn a_quiet_partition_with_a_new_backlog_counts_again_at_the_next_lag_check() {
+        let t0 = Instant::now();
+        let mut w = Watermarks::new(0, IDLE);
+        w.observe((0, 0), 1_000, t0);
+        w.observe((1, 0), 1_000, t0);
+        w.set_lag((0, 0), 0, t0);
+        w.set_lag((1, 0), 0, t0);
+        let later = t0 + IDLE;
+        assert!(!w.counts((0, 0), later) && !w.counts((1, 0), later));
+        w.set_lag((1, 0), 500, later);
+        w.observe((0, 0), 90_000, later);
+        assert_eq!(w.current(later), Some(1_000), "the backlog of (1, 0) holds the join at its last time");
     }
 
     #[test]
