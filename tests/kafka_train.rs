@@ -1,7 +1,8 @@
 //! Trainer workers on the samples topic as one consumer group, through the real `odl`
 //! binary, a real PS shard process and the real broker: two workers share the
-//! partitions; one is stopped and the other takes its partitions over, training every
-//! sample the stopped one had not committed and none it had.
+//! partitions; one is stopped (SIGTERM) or killed (SIGKILL) and the other takes its
+//! partitions over, training every sample the stopped one had not committed and none
+//! it had.
 
 #[path = "kafka_support/mod.rs"]
 mod kafka_support;
@@ -91,9 +92,7 @@ fn two_workers_share_the_topic_and_one_takes_over_when_the_other_stops() {
     let metrics = http_get(&a.http, "/metrics").1;
     assert!(metrics.contains("odl_trainer_partitions") && metrics.contains("odl_trainer_duplicate_samples"), "{metrics}");
     // SIGTERM: b finishes its batch, commits, leaves the group and exits 0. (A SIGKILLed
-    // member is expired by the broker's session timeout instead; tansu 0.6 then
-    // rebalances but keeps assigning the dead member's partitions to it: see README,
-    // "Kafka".)
+    // worker is the next test.)
     let mut b = b;
     Command::new("kill").args(["-TERM", &b.child.id().to_string()]).status().unwrap();
     assert!(wait_exit(&mut b.child, Duration::from_secs(60)).success());
@@ -117,6 +116,52 @@ fn two_workers_share_the_topic_and_one_takes_over_when_the_other_stops() {
     let by_a = reported(dir.path(), "a");
     assert_eq!(by_a + by_b, lines.len() as u64, "every sample trained once: {by_a} by a, {by_b} by b");
 
+    // Everything is committed: a new member of the group finds nothing to train.
+    let mut c = start_worker(&cfg("c", 2), &["--exit-when-idle-ms", "3000"]);
+    assert!(wait_exit(&mut c.child, Duration::from_secs(120)).success());
+    assert_eq!(reported(dir.path(), "c"), 0);
+}
+
+#[test]
+fn a_sigkilled_workers_partitions_are_taken_over_and_every_sample_is_trained() {
+    let Some(brokers) = brokers() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let lines = samples(dir.path(), 40_000);
+    let half = lines.len() / 2;
+    let (topic, group) = (unique("samples"), unique("trainers"));
+    ensure_topics(&config(&brokers), &[(&topic, PARTITIONS)]).unwrap();
+    let shard = ps_support::start(&shard_args(0, 1, free_port(), &dir.path().join("ps"), 3600, dir.path()));
+    let cfg = |name, index| worker_config(dir.path(), name, index, &brokers, &shard.grpc, &topic, &group);
+    let a = start_worker(&cfg("a", 0), &[]);
+    let mut b = start_worker(&cfg("b", 1), &[]);
+    wait_until(Duration::from_secs(60), "the partitions shared by both", || {
+        partitions(&a) > 0 && partitions(&b) > 0 && partitions(&a) + partitions(&b) == PARTITIONS as usize
+    });
+    produce_samples(&brokers, &topic, &lines[..half]);
+    wait_until(Duration::from_secs(120), "the first half trained", || trained(&a) + trained(&b) == half as u64);
+    // b commits at its first idle poll; then SIGKILL: no LeaveGroup, the broker only
+    // stops hearing from b.
+    std::thread::sleep(Duration::from_secs(2));
+    let by_b = trained(&b);
+    b.child.kill().unwrap();
+    b.child.wait().unwrap();
+    produce_samples(&brokers, &topic, &lines[half..]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while partitions(&a) != PARTITIONS as usize {
+        if std::time::Instant::now() > deadline {
+            let log: Vec<String> = a.log.try_iter().collect();
+            panic!("the killed worker's partitions were not taken over: {}\n{}", progress(&a), log.join("\n"));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // b's batches after its last commit are trained again by a (at least once).
+    wait_until(Duration::from_secs(120), "the rest trained", || trained(&a) + by_b >= lines.len() as u64);
+    let mut a = a;
+    Command::new("kill").args(["-TERM", &a.child.id().to_string()]).status().unwrap();
+    assert!(wait_exit(&mut a.child, Duration::from_secs(60)).success());
+    let by_a = reported(dir.path(), "a");
+    assert!(by_a + by_b >= lines.len() as u64, "no sample lost: {by_a} by a, {by_b} by b of {}", lines.len());
+    assert!(by_a < lines.len() as u64, "a did not train b's committed samples again: {by_a}");
     // Everything is committed: a new member of the group finds nothing to train.
     let mut c = start_worker(&cfg("c", 2), &["--exit-when-idle-ms", "3000"]);
     assert!(wait_exit(&mut c.child, Duration::from_secs(120)).success());

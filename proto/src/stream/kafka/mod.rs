@@ -20,6 +20,7 @@ mod admin;
 mod config;
 mod sink;
 mod source;
+mod stale_group;
 #[cfg(test)]
 mod tests;
 

@@ -1,5 +1,6 @@
 //! Consuming one topic as a [`RecordSource`].
 
+use super::stale_group::StaleGroupWatch;
 use super::{broker_error, KafkaConfig};
 use crate::stream::{Poll, Position, Record, RecordSource, Result, StreamError};
 use bytes::Bytes;
@@ -31,6 +32,18 @@ pub struct KafkaSource {
     /// [`KafkaSource::set_commit_interval`]).
     commit_interval: Duration,
     last_commit: Option<Instant>,
+    /// Group mode: the group's name and what its member has seen of it.
+    group: Option<GroupWatch>,
+}
+
+/// Group mode: watching for an assignment that leaves partitions to nobody
+/// ([`super::stale_group`]).
+struct GroupWatch {
+    name: String,
+    watch: StaleGroupWatch,
+    last_check: Option<Instant>,
+    /// Left the group to rejoin it, and the new subscription is still to be made.
+    resubscribe: bool,
 }
 
 /// Rebalance callbacks run inside `poll`; they record what the group took away, so
@@ -94,6 +107,7 @@ impl ConsumerContext for GroupContext {
                 lock(&self.processed).remove(p);
                 lock(&self.committed).remove(p);
             }
+            lock(&self.assigned).retain(|p| !parts.contains(p));
             lock(&self.revoked).extend(parts);
         }
     }
@@ -125,7 +139,12 @@ const CONSUMER_DEFAULTS: &[(&str, &str)] = &[
     ("enable.partition.eof", "false"),
     ("session.timeout.ms", "6000"),
     ("heartbeat.interval.ms", "1000"),
-    ("fetch.wait.max.ms", "100"),
+    // tansu 0.6 holds every fetch for the whole wait and returns at most
+    // max.partition.fetch.bytes (1 MB) per partition: at 100 ms that capped a consumer
+    // at ~40 MB/s (odl bench kafka: broker produce->consume 190k events/s at 100 ms,
+    // 560k at 10 ms). Kafka answers as soon as data is there, so on it this only sets
+    // how often an idle consumer asks.
+    ("fetch.wait.max.ms", "10"),
 ];
 
 impl KafkaSource {
@@ -136,7 +155,11 @@ impl KafkaSource {
         consumer
             .subscribe(&[topic])
             .map_err(|e| broker_error(&format!("subscribing to {topic}"), e))?;
-        Ok(Self::new(consumer, topic, true))
+        let session_ms = cfg.client(CONSUMER_DEFAULTS).get("session.timeout.ms").and_then(|v| v.parse().ok());
+        let watch = StaleGroupWatch::new(Duration::from_millis(session_ms.unwrap_or(45_000)));
+        let mut source = Self::new(consumer, topic, true);
+        source.group = Some(GroupWatch { name: group.to_string(), watch, last_check: None, resubscribe: false });
+        Ok(source)
     }
 
     /// Read every partition of `topic`, each from its offset in `start` (the beginning
@@ -197,6 +220,7 @@ impl KafkaSource {
             grouped,
             commit_interval: Duration::ZERO,
             last_commit: None,
+            group: None,
         }
     }
 
@@ -269,6 +293,55 @@ impl KafkaSource {
         drop_revoked(self.consumer.context(), &mut self.returned, &mut Vec::new());
     }
 
+    /// Group mode, once per check interval: describes the group, and leaves and rejoins
+    /// it when this member owns less than its share. A failed request skips the check
+    /// (the broker's trouble shows in the poll itself).
+    fn watch_group(&mut self) {
+        let Some(g) = self.group.as_mut() else { return };
+        if g.resubscribe {
+            match self.consumer.subscribe(&[&self.topic]) {
+                Ok(()) => g.resubscribe = false,
+                Err(e) => tracing::warn!(topic = %self.topic, "kafka: rejoining the group failed ({e}); retrying"),
+            }
+            return;
+        }
+        let now = Instant::now();
+        if g.last_check.is_some_and(|t| now.saturating_duration_since(t) < g.watch.check_every()) {
+            return;
+        }
+        g.last_check = Some(now);
+        let described = self.consumer.fetch_group_list(Some(g.name.as_str()), METADATA_TIMEOUT).and_then(|list| {
+            let members = list.groups().iter().find(|x| x.name() == g.name).map_or(0, |x| x.members().len());
+            let metadata = self.consumer.fetch_metadata(Some(&self.topic), METADATA_TIMEOUT)?;
+            Ok((members, metadata.topics().first().map_or(0, |t| t.partitions().len())))
+        });
+        let (members, partitions) = match described {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::debug!(group = %g.name, "kafka: describing the group failed: {e}");
+                return;
+            }
+        };
+        let owned = lock(&self.consumer.context().assigned).len();
+        if !g.watch.stale(owned, partitions, members, now) {
+            return;
+        }
+        tracing::warn!(
+            group = %g.name,
+            owned,
+            partitions,
+            members,
+            "kafka: this member owns less than its share for longer than a rebalance takes (a broker that keeps \
+             a dead member's partitions assigned, like tansu 0.6): leaving and rejoining the group"
+        );
+        if let Err(e) = self.commit_now() {
+            tracing::warn!("kafka: commit before rejoining failed ({e}); the next owner re-reads from the last commit");
+        }
+        self.consumer.unsubscribe();
+        if let Some(g) = self.group.as_mut() {
+            g.resubscribe = true;
+        }
+    }
 }
 
 /// A rebalance inside this poll took partitions away: what was read of them is not
@@ -297,6 +370,7 @@ fn record(returned: &mut Offsets, m: &rdkafka::message::BorrowedMessage<'_>) -> 
 
 impl RecordSource for KafkaSource {
     fn poll(&mut self, max: usize, timeout: Duration) -> Result<Poll> {
+        self.watch_group();
         let deadline = Instant::now() + timeout;
         let mut out = Vec::new();
         let mut wait = timeout;
