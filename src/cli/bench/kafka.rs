@@ -71,6 +71,7 @@ pub fn run(args: BenchKafkaArgs) -> anyhow::Result<()> {
         "joiner_cpu_seconds": e2e.joiner_cpu_seconds,
         "joiner_cpu_share_of_wall": ((e2e.joiner_cpu_seconds / e2e.seconds) * 1000.0).round() / 1000.0,
         "samples_emitted_when_all_received": e2e.samples,
+        "joiner_checkpoints": e2e.checkpoints,
         "late": e2e.late,
         "late_in_a_file_replay": replay_late,
         "target": "end_to_end_vs_broker >= 0.8",
@@ -95,8 +96,8 @@ fn late_in_a_file_replay(lines: &[Vec<u8>]) -> anyhow::Result<serde_json::Value>
         tx.send(None, l)?;
     }
     drop(tx);
-    let (mut samples, mut audit) = (Discard, Discard);
-    let sinks = odl_joiner::service::Sinks { samples: &mut samples, audit: &mut audit, dead_letter: None };
+    let (mut samples, mut audit, mut dead) = (Discard, Discard, Discard);
+    let sinks = odl_joiner::service::Sinks { samples: &mut samples, audit: &mut audit, dead_letter: Some(&mut dead) };
     let stats = odl_joiner::service::run(&odl_joiner::JoinerConfig::default(), &mut rx, sinks, |_| Ok(()))?;
     Ok(late_per_stream(&serde_json::from_str(&stats.to_json())?))
 }
@@ -149,6 +150,8 @@ struct EndToEnd {
     samples: u64,
     /// Late events per stream when every line had been received.
     late: serde_json::Value,
+    /// The joiner's checkpoint figures then (`/v1/recovery`).
+    checkpoints: serde_json::Value,
 }
 
 /// The joiner as a child process on fresh topics, idle first; then the lines produced
@@ -204,10 +207,11 @@ fn through_joiner(cfg: &KafkaConfig, tag: &str, partitions: i32, lines: &[Vec<u8
     };
     let seconds = started.elapsed().as_secs_f64();
     let joiner_cpu_seconds = joiner.cpu_seconds().unwrap_or(f64::NAN);
+    let checkpoints = joiner.recovery()?;
     drop(joiner);
     let _ = std::fs::remove_dir_all(&dir);
     let samples = stats["samples"]["emitted"].as_u64().unwrap_or(0);
-    Ok(EndToEnd { seconds, produce_seconds, joiner_cpu_seconds, samples, late: late_per_stream(&stats) })
+    Ok(EndToEnd { seconds, produce_seconds, joiner_cpu_seconds, samples, late: late_per_stream(&stats), checkpoints })
 }
 
 /// The `odl join --kafka` child; killed on drop.
@@ -253,8 +257,19 @@ impl Joiner {
     }
 
     fn stats(&mut self) -> anyhow::Result<serde_json::Value> {
-        let (status, body) = self.http.get("/stats")?;
-        anyhow::ensure!(status == 200, "GET /stats: {status}");
+        self.get_json("/stats")
+    }
+
+    /// Checkpoints written so far, and the size and time of the last one.
+    fn recovery(&mut self) -> anyhow::Result<serde_json::Value> {
+        let r = self.get_json("/v1/recovery")?;
+        let keys = ["checkpoints_written", "last_checkpoint_bytes", "last_checkpoint_seconds"];
+        Ok(keys.iter().map(|k| (k.to_string(), r[k].clone())).collect())
+    }
+
+    fn get_json(&mut self, path: &str) -> anyhow::Result<serde_json::Value> {
+        let (status, body) = self.http.get(path)?;
+        anyhow::ensure!(status == 200, "GET {path}: {status}");
         Ok(serde_json::from_slice(&body)?)
     }
 
