@@ -19,6 +19,9 @@ pub type Offsets = BTreeMap<i32, i64>;
 /// How long metadata and watermark requests may take before the call reports a
 /// (retryable) broker error.
 const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the group check's requests may take: it runs inside `poll`, and a broker
+/// that is down must not hold the poll for long (the check is simply skipped).
+const GROUP_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub struct KafkaSource {
     consumer: BaseConsumer<GroupContext>,
@@ -310,9 +313,9 @@ impl KafkaSource {
             return;
         }
         g.last_check = Some(now);
-        let described = self.consumer.fetch_group_list(Some(g.name.as_str()), METADATA_TIMEOUT).and_then(|list| {
+        let described = self.consumer.fetch_group_list(Some(g.name.as_str()), GROUP_CHECK_TIMEOUT).and_then(|list| {
             let members = list.groups().iter().find(|x| x.name() == g.name).map_or(0, |x| x.members().len());
-            let metadata = self.consumer.fetch_metadata(Some(&self.topic), METADATA_TIMEOUT)?;
+            let metadata = self.consumer.fetch_metadata(Some(&self.topic), GROUP_CHECK_TIMEOUT)?;
             Ok((members, metadata.topics().first().map_or(0, |t| t.partitions().len())))
         });
         let (members, partitions) = match described {
