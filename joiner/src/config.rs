@@ -85,6 +85,7 @@ pub struct Streaming {
     pub checkpoint_interval_ms: u64,
     pub max_message_bytes: usize,
     pub idle_partition_ms: u64,
+    pub max_input_skew_ms: u64,
     pub exit_when_idle_ms: u64,
 }
 
@@ -96,6 +97,7 @@ impl Default for Streaming {
             checkpoint_interval_ms: 5_000,
             max_message_bytes: 1 << 20,
             idle_partition_ms: 10_000,
+            max_input_skew_ms: 60_000,
             exit_when_idle_ms: 0,
         }
     }

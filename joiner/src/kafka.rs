@@ -276,13 +276,18 @@ impl<'a> KafkaJoiner<'a> {
         Ok(Ending::Stopped)
     }
 
-    /// One poll of every input (waiting a little only when the last round was idle),
-    /// each batch pushed through the operator and its outputs sent. Returns the
+    /// One poll of every input but those `max_input_skew_ms` ahead of the slowest
+    /// partition (waiting a little only when the last round was idle), each batch
+    /// pushed through the operator and its outputs sent. Returns the
     /// number of records read.
     fn poll_round(&mut self, busy: bool) -> Result<usize> {
         let wait = if busy { Duration::ZERO } else { IDLE_POLL };
+        let skew = i64::try_from(self.config.streaming.max_input_skew_ms).unwrap_or(i64::MAX);
         let mut n = 0;
         for i in 0..self.inputs.len() {
+            if skew > 0 && self.watermarks.ahead(i, skew, Instant::now()) {
+                continue;
+            }
             if let Poll::Records(records) = self.inputs[i].source.poll(BATCH, wait)? {
                 n += records.len();
                 self.ingest(i, &records);

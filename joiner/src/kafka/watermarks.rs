@@ -93,6 +93,17 @@ impl Watermarks {
             .map(|ts| ts.saturating_sub(self.lateness))
     }
 
+    /// Whether every counting partition of input `input` is more than `skew` ms of
+    /// event time ahead of the slowest counting partition: reading it further would only
+    /// buffer its events until the others catch up. An input with a partition that
+    /// counts but has nothing read yet is never ahead.
+    pub fn ahead(&self, input: usize, skew: i64, now: Instant) -> bool {
+        let counting = || self.parts.iter().filter(|(_, p)| self.counting(p, now));
+        let Some(slowest) = counting().map(|(_, p)| p.max_ts).min() else { return false };
+        let own = counting().filter(|((i, _), _)| *i == input).map(|(_, p)| p.max_ts).min();
+        own.is_some_and(|own| own > slowest.saturating_add(skew))
+    }
+
     /// Largest event time per partition that had data, for the checkpoint.
     pub fn max_ts(&self) -> impl Iterator<Item = (PartitionId, i64)> + '_ {
         self.parts.iter().filter(|(_, p)| p.max_ts > i64::MIN).map(|(id, p)| (*id, p.max_ts))
@@ -170,6 +181,24 @@ mod tests {
         w.set_lag((1, 0), 500, later);
         w.observe((0, 0), 90_000, later);
         assert_eq!(w.current(later), Some(1_000), "the backlog of (1, 0) holds the join at its last time");
+    }
+
+    #[test]
+    fn an_input_far_ahead_of_the_slowest_partition_waits() {
+        let t0 = Instant::now();
+        let mut w = Watermarks::new(0, IDLE);
+        w.observe((0, 0), 1_000, t0);
+        w.observe((0, 1), 100_000, t0);
+        w.observe((1, 0), 70_000, t0);
+        assert!(!w.ahead(0, 60_000, t0), "the slowest input never waits");
+        assert!(w.ahead(1, 60_000, t0), "every partition of input 1 is past 1 000 + 60 000");
+        assert!(!w.ahead(1, 70_000, t0), "within the skew");
+        assert!(!w.ahead(2, 60_000, t0), "an input with nothing read");
+        w.set_lag((1, 1), 5, t0);
+        assert!(!w.ahead(1, 60_000, t0), "a partition of input 1 with nothing read yet");
+        w.observe((1, 1), 90_000, t0);
+        w.observe((0, 0), 40_000, t0);
+        assert!(!w.ahead(1, 60_000, t0), "the slowest caught up");
     }
 
     #[test]
