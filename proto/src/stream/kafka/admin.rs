@@ -1,13 +1,14 @@
 //! Topic administration: services create the topics they write, so a fresh broker
 //! needs no setup script, and they look up partition counts and broker reachability
-//! for their readiness probes.
+//! for their readiness probes, and what a consumer group has committed.
 
-use super::{broker_error, KafkaConfig};
+use super::{broker_error, KafkaConfig, Offsets};
 use crate::stream::{Result, StreamError};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{Offset, TopicPartitionList};
 use std::time::Duration;
 
 /// Create each `(topic, partitions)` that does not exist yet. Existing topics are left
@@ -53,6 +54,31 @@ pub fn partition_count(cfg: &KafkaConfig, topic: &str, timeout: Duration) -> Res
         .filter(|t| t.error().is_none() && !t.partitions().is_empty())
         .ok_or_else(|| StreamError::Broker(format!("topic {topic} does not exist")))?;
     Ok(t.partitions().len() as i32)
+}
+
+/// The offsets consumer group `group` has committed on `topic`, per partition (a
+/// partition without a commit is left out): how far the group's members got.
+pub fn committed_offsets(cfg: &KafkaConfig, topic: &str, group: &str, timeout: Duration) -> Result<Offsets> {
+    let partitions = partition_count(cfg, topic, timeout)?;
+    let mut client = cfg.client(&[]);
+    client.set("group.id", group);
+    let consumer: BaseConsumer = client.create().map_err(|e| broker_error("creating a group client", e))?;
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition(topic, p);
+    }
+    let committed = consumer
+        .committed_offsets(tpl, timeout)
+        .map_err(|e| broker_error(&format!("reading the commits of group {group}"), e))?;
+    let offsets = committed
+        .elements()
+        .iter()
+        .filter_map(|e| match e.offset() {
+            Offset::Offset(o) => Some((e.partition(), o)),
+            _ => None,
+        })
+        .collect();
+    Ok(offsets)
 }
 
 /// Whether a broker answers a metadata request within `timeout` (readiness probes).

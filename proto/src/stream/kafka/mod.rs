@@ -24,7 +24,7 @@ mod stale_group;
 #[cfg(test)]
 mod tests;
 
-pub use admin::{check_connection, ensure_topics, partition_count};
+pub use admin::{check_connection, committed_offsets, ensure_topics, partition_count};
 pub use config::KafkaConfig;
 pub use sink::{Delivered, KafkaSink};
 pub use source::{KafkaSource, Offsets};
