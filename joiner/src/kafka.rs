@@ -31,7 +31,7 @@ use crate::checkpoint::{Checkpoint, CheckpointStore, Positions};
 use crate::config::JoinerConfig;
 use crate::http::{JoinerObservations, Readiness};
 use crate::operator::{Joiner, Output};
-use crate::parse::{Malformed, Parser};
+use crate::parse::{Malformed, ParsedEvent, Parser};
 use crate::stats::JoinStats;
 use crate::{Error, Result};
 use memchr::memmem::Finder;
@@ -318,12 +318,12 @@ impl<'a> KafkaJoiner<'a> {
                 self.watermarks.touch(id, now);
                 continue;
             }
-            let (stream, ts) = classify(&mut self.parser, &r.value, topic_stream);
-            match ts {
-                Some(ts) if ts >= self.joiner.watermark() => self.watermarks.observe(id, ts, now),
+            let parsed = classify(&mut self.parser, &r.value, topic_stream);
+            match parsed.as_ref().map(|ev| ev.ts) {
+                Ok(ts) if ts >= self.joiner.watermark() => self.watermarks.observe(id, ts, now),
                 _ => self.watermarks.touch(id, now),
             }
-            self.joiner.push_bytes_with(&r.value, stream);
+            self.joiner.push_parsed(&r.value, parsed);
         }
         if woke {
             self.tick();
@@ -547,18 +547,16 @@ fn count_records(cfg: &KafkaConfig, topic: &str, from: &Offsets) -> std::result:
     Ok(n)
 }
 
-/// The stream to push a message as, and its event time when it is well-formed: the
-/// message's own top-level `"stream"` field if it has one, else the topic's.
-fn classify(parser: &mut Parser, line: &[u8], topic: StreamKind) -> (Option<StreamKind>, Option<i64>) {
+/// A message parsed as the stream its own top-level `"stream"` field names, or else
+/// as its topic's.
+fn classify<'a>(parser: &mut Parser, line: &'a [u8], topic: StreamKind) -> std::result::Result<ParsedEvent<'a>, Malformed> {
     static STREAM_KEY: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"stream\""));
     if STREAM_KEY.find(line).is_some() {
         match parser.parse_with(line, None) {
-            Ok(ev) => return (None, Some(ev.ts)),
             // "stream" only occurred inside a value: the topic decides after all.
             Err(Malformed::MissingStream) => {}
-            Err(_) => return (None, None),
+            parsed => return parsed,
         }
     }
-    let ts = parser.parse_with(line, Some(topic)).ok().map(|ev| ev.ts);
-    (Some(topic), ts)
+    parser.parse_with(line, Some(topic))
 }

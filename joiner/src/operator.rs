@@ -468,9 +468,17 @@ impl Joiner {
 
     /// One shared message of a known stream.
     pub fn push_bytes_with(&mut self, bytes: &Bytes, stream: Option<StreamKind>) {
+        let parsed = self.parser.parse_with(bytes, stream);
+        self.push_parsed(bytes, parsed);
+    }
+
+    /// One shared message that the caller has already parsed (a Kafka input reads the
+    /// event time first, to hold its partition's watermark): `parsed` must come from
+    /// `bytes`, so the line is parsed once, not twice.
+    pub fn push_parsed(&mut self, bytes: &Bytes, parsed: Result<ParsedEvent<'_>, Malformed>) {
         self.seq += 1;
         let line: &[u8] = bytes;
-        let ev = match self.parser.parse_with(line, stream) {
+        let ev = match parsed {
             Ok(ev) => ev,
             Err(m) => return self.malformed(line, m),
         };
