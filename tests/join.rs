@@ -204,20 +204,31 @@ fn bad_config_exits_non_zero_naming_the_file() {
 
 #[test]
 fn stats_file_is_rewritten_while_the_replay_runs() {
-    use std::io::Write;
+    use std::io::{BufRead, Write};
     use std::time::{Duration, Instant};
     let r = Run::new("");
     std::fs::write(r.p("fast.toml"), "stats_interval_ms = 1\n").unwrap();
+    // At debug the joiner logs each rewrite: the test follows those lines, not a timer.
     let mut child = Command::new(ODL)
         .args(["join", "--input", "-", "--config", r.p("fast.toml").to_str().unwrap()])
         .args(["--out", r.p("samples.jsonl").to_str().unwrap()])
         .args(["--audit", r.p("audit.jsonl").to_str().unwrap()])
         .args(["--stats", r.p("stats.json").to_str().unwrap()])
+        .env("RUST_LOG", "odl=debug")
         .stdin(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let mut stdin = child.stdin.take().unwrap();
+    let (tx, rewrites) = std::sync::mpsc::channel();
+    let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    std::thread::spawn(move || {
+        for line in stderr.lines().map_while(Result::ok) {
+            if line.contains("stats file rewritten") && tx.send(()).is_err() {
+                break;
+            }
+        }
+    });
     let received = |n: u64| {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
@@ -227,8 +238,8 @@ fn stats_file_is_rewritten_while_the_replay_runs() {
             if s.as_ref().is_some_and(|s| s["exposure"]["received"] == n) {
                 return;
             }
-            assert!(Instant::now() < deadline, "stats never showed {n} exposures");
-            std::thread::sleep(Duration::from_millis(5));
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(rewrites.recv_timeout(left).is_ok(), "stats never showed {n} exposures");
         }
     };
     for n in 1..=3u64 {

@@ -104,7 +104,11 @@ pub fn run_files(config: &JoinerConfig, args: &ReplayFiles) -> anyhow::Result<Jo
     };
     let stats = service::run(config, &mut source, sinks, |s| {
         odl_joiner::stats::write_atomic(&stats_path, s)
-            .map_err(|source| odl_joiner::Error::Stats { path: stats_path.display().to_string(), source })
+            .map_err(|source| odl_joiner::Error::Stats { path: stats_path.display().to_string(), source })?;
+        // At debug, each rewrite is an event an operator (or a test) can follow
+        // instead of polling the file.
+        tracing::debug!(path = %stats_path.display(), exposures = s.exposure.received, "stats file rewritten");
+        Ok(())
     })?;
     let secs = started.elapsed().as_secs_f64();
     let events = stats.malformed

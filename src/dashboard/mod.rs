@@ -196,6 +196,9 @@ async fn poll_once(dash: &Dashboard, poller: &Poller) {
     ) {
         s.record(t, endpoints);
     }
+    // A debug line per round lets an operator see a slow round (and a test wait for
+    // one) without polling /api/state.
+    tracing::debug!(services = services.len(), ms = now_ms().saturating_sub(t), "dashboard poll recorded");
 }
 
 async fn state(
