@@ -241,7 +241,9 @@ impl<'a> KafkaJoiner<'a> {
                 last_stats = Some(Instant::now());
             }
             if last_lag.is_none_or(|t| t.elapsed() >= LAG_EVERY) {
-                self.tick();
+                if self.tick() {
+                    backoff = BACKOFF_MIN;
+                }
                 last_lag = Some(Instant::now());
             }
             match self.poll_round(busy) {
@@ -259,6 +261,12 @@ impl<'a> KafkaJoiner<'a> {
                     self.broker_down("consuming", &e);
                     sleep_unless_stopped(backoff, self.stop);
                     backoff = (backoff * 2).min(BACKOFF_MAX);
+                    // librdkafka queues an error per failed connection and hands them
+                    // out one poll at a time, also after the broker is back: doubling
+                    // the backoff on those stale errors stalled the joiner 20-60 s
+                    // after an outage. Probe the broker before the next poll instead,
+                    // and start the backoff over when it answers.
+                    last_lag = None;
                 }
                 Err(e) => return Err(e),
             }
@@ -326,7 +334,7 @@ impl<'a> KafkaJoiner<'a> {
             self.joiner.push_parsed(&r.value, parsed);
         }
         if woke {
-            self.tick();
+            let _reachable = self.tick();
         }
         if let Some(wm) = self.watermarks.current(now) {
             self.joiner.advance_watermark(wm);
@@ -354,7 +362,8 @@ impl<'a> KafkaJoiner<'a> {
     /// also tells the watermarks which partitions are caught up).
     /// The lag check is also the broker probe of an idle joiner: it fails while the
     /// broker is down (and stops at the first failure, each one waits for a timeout).
-    fn tick(&mut self) {
+    /// Returns whether the broker answered.
+    fn tick(&mut self) -> bool {
         let mut lag_by_topic = BTreeMap::new();
         for (i, input) in self.inputs.iter().enumerate() {
             match input.source.lag() {
@@ -367,12 +376,13 @@ impl<'a> KafkaJoiner<'a> {
                 }
                 Err(e) => {
                     self.broker_down("reading the consumer lag", &e);
-                    return;
+                    return false;
                 }
             }
         }
         self.broker_ok();
         self.handles.observations.set_consumer_lag(lag_by_topic);
+        true
     }
 
     /// Whether every input partition has been read to its end (exit_when_idle).

@@ -258,13 +258,14 @@ fn a_broker_outage_is_reported_and_ridden_out_without_loss() {
     let result = std::thread::scope(|s| {
         let h = s.spawn(|| run(&c, &handles, &stop));
         let _stop_on_failure = StopOnDrop(&stop);
-        let wait_for = |what: &str, f: &dyn Fn() -> bool| {
-            let deadline = Instant::now() + Duration::from_secs(60);
+        let wait_within = |secs: u64, what: &str, f: &dyn Fn() -> bool| {
+            let deadline = Instant::now() + Duration::from_secs(secs);
             while !f() {
                 assert!(Instant::now() < deadline, "timed out waiting for {what}");
                 std::thread::sleep(Duration::from_millis(50));
             }
         };
+        let wait_for = |what: &str, f: &dyn Fn() -> bool| wait_within(60, what, f);
         let exposures = |l: &[(StreamKind, String)]| l.iter().filter(|e| e.0 == StreamKind::Exposure).count() as u64;
         let half = exposures(first);
         wait_for("the first half", &|| handles.observations.stats().exposure.received == half);
@@ -276,7 +277,9 @@ fn a_broker_outage_is_reported_and_ridden_out_without_loss() {
         std::thread::sleep(Duration::from_secs(1));
         mock.broker_up(1).unwrap();
         produce(&c, second);
-        wait_for("the second half", &|| handles.observations.stats().exposure.received == 300);
+        // Reading resumes within seconds of the broker's return (2.4-2.8 s here). While
+        // librdkafka's stale connection errors doubled the backoff it took 20-60 s.
+        wait_within(15, "the second half", &|| handles.observations.stats().exposure.received == 300);
         assert_eq!(half + exposures(second), 300);
         wait_for("readiness to return", &|| handles.observations.readiness() == Readiness::Ready);
         stop.store(true, Ordering::Relaxed);
