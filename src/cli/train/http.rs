@@ -80,9 +80,16 @@ impl WorkerObservations {
     }
 
     pub fn set_partitions(&self, member: usize, partitions: Vec<i32>) {
-        if let Some(p) = self.lock().partitions.get_mut(member) {
-            *p = partitions;
+        let mut s = self.lock();
+        let Some(p) = s.partitions.get_mut(member) else { return };
+        if *p == partitions {
+            return;
         }
+        *p = partitions;
+        let owned: usize = s.partitions.iter().map(Vec::len).sum();
+        // One line per change: an operator sees a rebalance land (and a test waits
+        // for it) without polling /v1/progress.
+        tracing::info!(owned, "trainer: the partitions this worker owns changed");
     }
 
     pub fn set_broker(&self, r: Result<(), String>) {
