@@ -769,8 +769,9 @@ fn cluster_worker_and_serving_node_wait_for_the_ps() {
 }
 
 /// `/v1/quality` of a deterministic replay against the samples it wrote: positive
-/// rates and field coverage recounted from the samples file, label-delay buckets
-/// against `/stats`.
+/// rates recounted from the samples file, field coverage from the audit file (by
+/// default the quality report reads the audited samples' features), label-delay
+/// buckets against `/stats`.
 #[test]
 fn quality_matches_the_samples_of_a_deterministic_replay() {
     let dir = tempfile::tempdir().unwrap();
@@ -792,8 +793,8 @@ fn quality_matches_the_samples_of_a_deterministic_replay() {
     let cfg = odl_joiner::JoinerConfig::default();
     let mut source = odl_proto::stream::FileSource::open(ev.to_str().unwrap()).unwrap();
     let mut samples = odl_proto::stream::FileSink::create(out.to_str().unwrap()).unwrap();
-    let mut audit =
-        odl_proto::stream::FileSink::create(dir.path().join("a.jsonl").to_str().unwrap()).unwrap();
+    let audit_file = dir.path().join("a.jsonl");
+    let mut audit = odl_proto::stream::FileSink::create(audit_file.to_str().unwrap()).unwrap();
     let obs = odl_joiner::JoinerObservations::default();
     let sinks = odl_joiner::service::Sinks {
         samples: &mut samples,
@@ -820,14 +821,22 @@ fn quality_matches_the_samples_of_a_deterministic_replay() {
             "{task}"
         );
     }
+    assert_eq!(cfg.quality_feature_rate, cfg.audit_rate);
+    drop(audit);
+    let audited: Vec<Value> = std::fs::read_to_string(&audit_file)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(audited.len() > 100 && audited.len() < rows.len() / 5);
     for c in q["feature_coverage"].as_array().unwrap() {
         let field = c["field"].as_str().unwrap();
-        let carrying = rows
+        let carrying = audited
             .iter()
             .filter(|r| r["features"].get(field).is_some())
             .count();
         assert!(
-            (c["share"].as_f64().unwrap() - carrying as f64 / rows.len() as f64).abs() < 1e-12,
+            (c["share"].as_f64().unwrap() - carrying as f64 / audited.len() as f64).abs() < 1e-12,
             "{field}"
         );
     }
@@ -838,7 +847,7 @@ fn quality_matches_the_samples_of_a_deterministic_replay() {
         .find(|c| c["field"] == "device")
         .unwrap();
     let mut counts: BTreeMap<String, u64> = BTreeMap::new();
-    for r in &rows {
+    for r in &audited {
         if let Some(d) = r["features"]["device"].as_str() {
             *counts.entry(d.to_string()).or_default() += 1;
         }

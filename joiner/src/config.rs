@@ -21,6 +21,8 @@ pub struct JoinerConfig {
     pub feature_lookback_ms: u64,
     pub feature_grace_ms: u64,
     pub audit_rate: f64,
+    /// Share of emitted samples whose feature object `/v1/quality` reads.
+    pub quality_feature_rate: f64,
     pub stats_interval_ms: u64,
     /// Kafka mode (`odl join --kafka`): the brokers and client settings.
     pub kafka: KafkaConfig,
@@ -127,8 +129,10 @@ impl JoinerConfig {
                 return Err(Error::Config(format!("{name} = {v} is beyond {MAX_WINDOW_MS}")));
             }
         }
-        if !(0.0..=1.0).contains(&self.audit_rate) {
-            return Err(Error::Config(format!("audit_rate = {} is not within [0, 1]", self.audit_rate)));
+        for (name, rate) in [("audit_rate", self.audit_rate), ("quality_feature_rate", self.quality_feature_rate)] {
+            if !(0.0..=1.0).contains(&rate) {
+                return Err(Error::Config(format!("{name} = {rate} is not within [0, 1]")));
+            }
         }
         if self.stats_interval_ms == 0 {
             return Err(Error::Config("stats_interval_ms must be positive".into()));
@@ -173,6 +177,7 @@ impl Default for JoinerConfig {
             feature_lookback_ms: 630_000,
             feature_grace_ms: 60_000,
             audit_rate: 0.1,
+            quality_feature_rate: 0.1,
             stats_interval_ms: 2_000,
             kafka: KafkaConfig::new("127.0.0.1:9092"),
             topics: Topics::default(),
@@ -205,6 +210,8 @@ mod tests {
         assert!(e.contains("j.toml"), "{e}");
         std::fs::write(&p, "audit_rate = 1.5\n").unwrap();
         assert!(JoinerConfig::load(Some(&p)).unwrap_err().to_string().contains("audit_rate"));
+        std::fs::write(&p, "quality_feature_rate = -0.1\n").unwrap();
+        assert!(JoinerConfig::load(Some(&p)).unwrap_err().to_string().contains("quality_feature_rate"));
         std::fs::write(&p, "stats_interval_ms = 0\n").unwrap();
         assert!(JoinerConfig::load(Some(&p)).is_err());
     }

@@ -101,6 +101,8 @@ struct Held {
     item_id: Span,
     user_id: Option<Span>,
     audit: bool,
+    /// Whether the quality report reads this sample's feature object.
+    inspect: bool,
     clicks: u32,
     detail_clicks: u32,
     candidates: Features,
@@ -338,6 +340,26 @@ struct DeadLetter {
     line: Vec<u8>,
 }
 
+/// A share of the samples chosen by their sample id's hash (`xxh3_64(sample_id) <
+/// rate * 2^64`), so a replay chooses the same ones, and two shares of the same hash
+/// nest: the smaller rate's samples are among the larger's.
+#[derive(Clone, Copy, Debug)]
+struct HashShare {
+    threshold: u64,
+    all: bool,
+}
+
+impl HashShare {
+    fn new(rate: f64) -> Self {
+        let rate = rate.clamp(0.0, 1.0);
+        HashShare { threshold: (rate * 18_446_744_073_709_551_616.0) as u64, all: rate >= 1.0 }
+    }
+
+    fn takes(self, hash: u64) -> bool {
+        self.all || hash < self.threshold
+    }
+}
+
 /// The join operator. See the module docs for the rules it keeps.
 pub struct Joiner {
     lateness: i64,
@@ -346,9 +368,10 @@ pub struct Joiner {
     lookback: i64,
     grace: i64,
     emit_delay: i64,
-    /// `audit_rate` scaled to the u64 range of the audit hash.
-    audit_threshold: u64,
-    audit_all: bool,
+    /// The audited samples (`audit_rate`).
+    audit: HashShare,
+    /// The samples whose feature object the quality report reads (`quality_feature_rate`).
+    inspect: HashShare,
 
     parser: Parser,
     max_ts: i64,
@@ -374,7 +397,6 @@ pub struct Joiner {
 
 impl Joiner {
     pub fn new(config: &JoinerConfig) -> Self {
-        let rate = config.audit_rate.clamp(0.0, 1.0);
         Joiner {
             lateness: config.allowed_lateness_ms as i64,
             click_wait: config.click_wait_ms as i64,
@@ -382,8 +404,8 @@ impl Joiner {
             lookback: config.feature_lookback_ms as i64,
             grace: config.feature_grace_ms as i64,
             emit_delay: config.emit_delay_ms(),
-            audit_threshold: (rate * 18_446_744_073_709_551_616.0) as u64,
-            audit_all: rate >= 1.0,
+            audit: HashShare::new(config.audit_rate),
+            inspect: HashShare::new(config.quality_feature_rate),
             parser: Parser::default(),
             max_ts: i64::MIN,
             watermark: i64::MIN,
@@ -443,11 +465,7 @@ impl Joiner {
     /// Whether the audit sink gets the sample with this sample id (JOIN.md "Audit sink"):
     /// `xxh3_64(sample_id) < audit_rate * 2^64`.
     pub fn audits(&self, sample_id: &str) -> bool {
-        self.audit_hash(xxhash_rust::xxh3::xxh3_64(sample_id.as_bytes()))
-    }
-
-    fn audit_hash(&self, h: u64) -> bool {
-        self.audit_all || h < self.audit_threshold
+        self.audit.takes(xxhash_rust::xxh3::xxh3_64(sample_id.as_bytes()))
     }
 
     /// One replay line (the stream named inside it).
@@ -573,7 +591,8 @@ impl Joiner {
             pv_id: Span::of(line, ev.pv_id),
             item_id: Span::of(line, ev.item_id),
             user_id: ev.user_id.map(|u| Span::of(line, u)),
-            audit: self.audit_all || ev.audit_hash < self.audit_threshold,
+            audit: self.audit.takes(ev.audit_hash),
+            inspect: self.inspect.takes(ev.audit_hash),
             clicks: 0,
             detail_clicks: 0,
             candidates: Features::new(),
@@ -770,7 +789,8 @@ impl Joiner {
                 self.stats.samples.audited += held.audit as u64;
                 if self.observe_quality {
                     let labels = (held.clicks > 0, held.detail_clicks > 0);
-                    self.quality.sample(held.ts, self.watermark, labels.0, labels.1, &feature.raw);
+                    let features = held.inspect.then_some(&feature.raw[..]);
+                    self.quality.sample(held.ts, self.watermark, labels.0, labels.1, features);
                 }
                 self.ready.push_back(Ready { held, feature });
             }

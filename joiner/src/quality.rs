@@ -137,7 +137,8 @@ pub struct Quality {
     pub samples: u64,
     pub click_positive: u64,
     pub detail_click_positive: u64,
-    /// Samples whose feature object was read (all of them, unless it was not JSON).
+    /// Samples whose feature object was read: those of `quality_feature_rate` whose
+    /// feature object was JSON. Feature coverage shares are over these.
     pub inspected: u64,
     pub fields: BTreeMap<String, FieldCoverage>,
 }
@@ -182,14 +183,14 @@ impl Quality {
     }
 
     /// A sample left the joiner: exposure at `ts`, watermark `watermark`, its labels
-    /// and its raw feature object.
+    /// and, if it is one of the inspected share, its raw feature object.
     pub fn sample(
         &mut self,
         ts: i64,
         watermark: i64,
         click: bool,
         detail_click: bool,
-        features: &[u8],
+        features: Option<&[u8]>,
     ) {
         self.samples += 1;
         self.click_positive += click as u64;
@@ -197,7 +198,9 @@ impl Quality {
         let delay_ms = watermark.saturating_sub(ts).max(0) as u64;
         self.sample_delay.saturating_record(delay_ms.max(1));
         self.sample_delay_sum_seconds += delay_ms as f64 / 1000.0;
-        self.features(features);
+        if let Some(raw) = features {
+            self.features(raw);
+        }
     }
 
     fn features(&mut self, raw: &[u8]) {

@@ -135,7 +135,7 @@ fn put_key_state(b: &mut Vec<u8>, s: &KeyState) {
                     put_span(b, u);
                 }
             }
-            b.put_u8(h.audit as u8);
+            b.put_u8(h.audit as u8 | (h.inspect as u8) << 1);
             b.put_u32_le(h.clicks);
             b.put_u32_le(h.detail_clicks);
             put_features(b, &h.candidates);
@@ -214,10 +214,13 @@ impl Reader<'_> {
                     0 => None,
                     _ => Some(self.span(&line)?),
                 };
-                let audit = self.u8()? != 0;
+                // Bit 0: audited; bit 1: read by the quality report (0 in checkpoints
+                // written before that bit existed).
+                let flags = self.u8()?;
+                let (audit, inspect) = (flags & 1 != 0, flags & 2 != 0);
                 let (clicks, detail_clicks) = (self.u32()?, self.u32()?);
                 let candidates = self.features()?;
-                Some(Held { ts, seq, line, pv_id, item_id, user_id, audit, clicks, detail_clicks, candidates })
+                Some(Held { ts, seq, line, pv_id, item_id, user_id, audit, inspect, clicks, detail_clicks, candidates })
             }
         };
         Ok(KeyState { exposure, clicks: self.times()?, detail_clicks: self.times()?, features: self.features()? })

@@ -22,10 +22,10 @@ fn label_delays_fall_in_exactly_one_bucket() {
 fn positive_rate_sample_delay_and_coverage() {
     let mut q = Quality::default();
     let f = br#"{"user_id":"u1","hour":3,"tags":["a","b"],"nested":{"x":1},"click_label":1}"#;
-    q.sample(1_000, 631_000, true, false, f);
-    q.sample(2_000, 632_000, false, false, br#"{"user_id":"u1"}"#);
-    q.sample(3_000, 633_000, true, true, br#"{"user_id":"u\"2"}"#);
-    q.sample(4_000, 634_000, false, false, b"not json");
+    q.sample(1_000, 631_000, true, false, Some(f));
+    q.sample(2_000, 632_000, false, false, Some(br#"{"user_id":"u1"}"#));
+    q.sample(3_000, 633_000, true, true, Some(br#"{"user_id":"u\"2"}"#));
+    q.sample(4_000, 634_000, false, false, Some(b"not json"));
     let r = q.report(Pending::default(), &BTreeMap::new());
     assert_eq!(r.positive_rate.click, 0.5);
     assert_eq!(r.positive_rate.detail_click, 0.25);
@@ -64,7 +64,7 @@ fn memory_stays_bounded() {
     let mut q = Quality::default();
     for i in 0..10_000 {
         let f = format!(r#"{{"f{}":"{}","v":"{}"}}"#, i, "x".repeat(i % 200), i);
-        q.sample(0, 0, false, false, f.as_bytes());
+        q.sample(0, 0, false, false, Some(f.as_bytes()));
     }
     assert_eq!(q.fields.len(), MAX_FIELDS);
     assert!(q
@@ -141,4 +141,17 @@ fn the_operator_feeds_it_consistently_with_the_stats() {
     assert_eq!(s.detail_click.unjoined, 1);
     assert_eq!((q.samples, q.click_positive), (1, 1));
     assert_eq!(j.pending(), Pending::default());
+}
+
+#[test]
+fn a_sample_outside_the_inspected_share_counts_everywhere_but_in_coverage() {
+    let mut q = Quality::default();
+    q.sample(1_000, 631_000, true, false, Some(br#"{"user_id":"u1"}"#));
+    q.sample(2_000, 632_000, false, false, None);
+    let r = q.report(Pending::default(), &BTreeMap::new());
+    assert_eq!((q.samples, q.inspected), (2, 1));
+    assert_eq!(r.positive_rate.click, 0.5);
+    assert_eq!(r.sample_delay_seconds.count, 2);
+    let user = r.feature_coverage.iter().find(|c| c.field == "user_id").unwrap();
+    assert_eq!((user.share, user.top[0].count), (1.0, 1), "shares are over the inspected samples");
 }
