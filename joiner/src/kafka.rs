@@ -358,15 +358,19 @@ impl<'a> KafkaJoiner<'a> {
         Ok(())
     }
 
-    /// Stats tick: statistics and quality to the HTTP routes, consumer lag (which
-    /// also tells the watermarks which partitions are caught up).
-    /// The lag check is also the broker probe of an idle joiner: it fails while the
-    /// broker is down (and stops at the first failure, each one waits for a timeout).
-    /// Returns whether the broker answered.
+    /// Lag check: the consumer lag to the HTTP routes and the watermarks (which
+    /// partitions are caught up), from the watermarks librdkafka keeps of its fetches.
+    /// It starts with one round trip, the broker probe of an idle joiner: it fails
+    /// while the broker is down (each failure waits for a timeout, so the check stops
+    /// at the first). Returns whether the broker answered.
     fn tick(&mut self) -> bool {
+        if let Err(e) = self.inputs.first().map_or(Ok(()), |i| i.source.probe()) {
+            self.broker_down("probing the broker", &e);
+            return false;
+        }
         let mut lag_by_topic = BTreeMap::new();
         for (i, input) in self.inputs.iter().enumerate() {
-            match input.source.lag() {
+            match input.source.cached_lag() {
                 Ok(lag) => {
                     let now = Instant::now();
                     for (&p, &l) in &lag {

@@ -56,6 +56,8 @@ fn assigned_source_reads_every_partition_and_resumes_from_kept_positions() {
     let kept = source.positions().clone();
     assert_eq!(kept.values().sum::<i64>(), 300, "next offsets add up to what was read");
     assert_eq!(source.lag().expect("lag").values().sum::<i64>(), 0);
+    assert_eq!(source.cached_lag().expect("cached lag").values().sum::<i64>(), 0);
+    source.probe().expect("the broker answers");
     assert_eq!(source.end_offsets().expect("ends"), kept, "caught up: the ends are the kept positions");
     drop(source);
 
@@ -122,6 +124,29 @@ fn throttled_commits_reach_the_broker_when_the_source_closes() {
 
 /// The mock cluster does not implement CreateTopics (`ensure_topics` is tested against
 /// the real broker in `tests/kafka.rs`); metadata it does answer.
+/// The lag from the watermarks of the fetch responses agrees with the broker's
+/// answer, before the first fetch (asked of the broker) and after a partial read, and
+/// needs no broker once fetched.
+#[test]
+fn cached_lag_agrees_with_the_broker() {
+    let (mock, cfg) = cluster("lagging", 1);
+    produce(&cfg, "lagging", 0..300);
+    let mut source = KafkaSource::assign(&cfg, "lagging", &Offsets::new()).expect("assign");
+    assert_eq!(source.cached_lag().expect("cached lag")[&0], 300, "nothing fetched yet: asked of the broker");
+    let mut read_so_far = 0;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while read_so_far < 100 && Instant::now() < deadline {
+        if let Poll::Records(rs) = source.poll(100 - read_so_far, Duration::from_millis(200)).expect("poll") {
+            read_so_far += rs.len();
+        }
+    }
+    assert_eq!(read_so_far, 100);
+    assert_eq!(source.cached_lag().expect("cached lag"), source.lag().expect("lag"));
+    assert_eq!(source.cached_lag().expect("cached lag")[&0], 200);
+    drop(mock);
+    assert_eq!(source.cached_lag().expect("no round trip needed")[&0], 200, "read from the last fetch");
+}
+
 #[test]
 fn partitions_are_counted_and_the_broker_is_reachable() {
     let (_mock, cfg) = cluster("existing", 3);
