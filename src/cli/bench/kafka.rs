@@ -10,6 +10,10 @@
 //!   time as a share of that wall time (from /proc);
 //! - target (issue 7): end to end at least 80% of the baseline (the joiner is not the
 //!   bottleneck);
+//! - catch-up: a second joiner, on a fresh checkpoint and output topics, reading the
+//!   same input topics from their beginning once every line is there: the joiner's own
+//!   rate when no producer shares the machine (a joiner catching up on a backlog after
+//!   an outage), against a plain consumer reading the same four topics the same way;
 //! - late events per stream, beside those of a file replay of the same lines: Kafka
 //!   mode must not call more events late than the replay does (a watermark that races
 //!   ahead on one topic would, and would make a fast run look good).
@@ -55,7 +59,10 @@ pub fn run(args: BenchKafkaArgs) -> anyhow::Result<()> {
 
     let baseline = broker_round_trip(&cfg, &format!("{tag}-baseline"), args.partitions, &lines)?;
     eprintln!("broker produce->consume: {:.0} events/s", lines.len() as f64 / baseline);
-    let e2e = through_joiner(&cfg, &tag, args.partitions, &lines)?;
+    let topics = stream_topics(&tag);
+    let e2e = through_joiner(&cfg, &tag, &topics, args.partitions, &lines)?;
+    let consume_seconds = consume_all(&cfg, &topics, lines.len())?;
+    let catch_up = catch_up(&cfg, &format!("{tag}-catch-up"), &topics, args.partitions, lines.len())?;
     let replay_late = late_in_a_file_replay(&lines)?;
 
     let n = lines.len() as f64;
@@ -72,6 +79,11 @@ pub fn run(args: BenchKafkaArgs) -> anyhow::Result<()> {
         "joiner_cpu_share_of_wall": ((e2e.joiner_cpu_seconds / e2e.seconds) * 1000.0).round() / 1000.0,
         "samples_emitted_when_all_received": e2e.samples,
         "joiner_checkpoints": e2e.checkpoints,
+        "broker_consume_four_topics_events_per_sec": (n / consume_seconds) as u64,
+        "catch_up_events_per_sec": (n / catch_up.seconds) as u64,
+        "catch_up_vs_broker_consume": ((consume_seconds / catch_up.seconds) * 1000.0).round() / 1000.0,
+        "catch_up_vs_broker": ((baseline / catch_up.seconds) * 1000.0).round() / 1000.0,
+        "catch_up_joiner_cpu_seconds": catch_up.joiner_cpu_seconds,
         "late": e2e.late,
         "late_in_a_file_replay": replay_late,
         "target": "end_to_end_vs_broker >= 0.8",
@@ -154,18 +166,19 @@ struct EndToEnd {
     checkpoints: serde_json::Value,
 }
 
-/// The joiner as a child process on fresh topics, idle first; then the lines produced
-/// to the input topics; timed until its /stats has received every line.
-fn through_joiner(cfg: &KafkaConfig, tag: &str, partitions: i32, lines: &[Vec<u8>]) -> anyhow::Result<EndToEnd> {
-    let dir = std::env::temp_dir().join(tag);
-    std::fs::create_dir_all(&dir)?;
+fn stream_topics(tag: &str) -> StreamTopics {
+    StreamTopics {
+        exposure: format!("{tag}-exposure"),
+        click: format!("{tag}-click"),
+        detail_click: format!("{tag}-detail_click"),
+        feature: format!("{tag}-feature"),
+    }
+}
+
+/// A joiner config on `inputs`, with output topics and a checkpoint of its own under
+/// `dir` (named by `tag`).
+fn joiner_config(cfg: &KafkaConfig, dir: &std::path::Path, tag: &str, inputs: &StreamTopics, partitions: i32) -> anyhow::Result<std::path::PathBuf> {
     let topic = |s: &str| format!("{tag}-{s}");
-    let topics = StreamTopics {
-        exposure: topic("exposure"),
-        click: topic("click"),
-        detail_click: topic("detail_click"),
-        feature: topic("feature"),
-    };
     let config = dir.join("joiner.toml");
     std::fs::write(
         &config,
@@ -174,17 +187,26 @@ fn through_joiner(cfg: &KafkaConfig, tag: &str, partitions: i32, lines: &[Vec<u8
              detail_click = \"{}\"\nfeature = \"{}\"\nsamples = \"{}\"\naudit = \"{}\"\ndead_letter = \"{}\"\n\
              partitions = {partitions}\n[streaming]\ncheckpoint_dir = \"{}\"\n",
             cfg.brokers,
-            topics.exposure,
-            topics.click,
-            topics.detail_click,
-            topics.feature,
+            inputs.exposure,
+            inputs.click,
+            inputs.detail_click,
+            inputs.feature,
             topic("samples"),
             topic("audit"),
             topic("dead"),
             dir.join("ckpt").display()
         ),
     )?;
-    let mut router = KafkaRouter::create(cfg, &topics, partitions)?;
+    Ok(config)
+}
+
+/// The joiner as a child process on fresh topics, idle first; then the lines produced
+/// to the input topics; timed until its /stats has received every line.
+fn through_joiner(cfg: &KafkaConfig, tag: &str, topics: &StreamTopics, partitions: i32, lines: &[Vec<u8>]) -> anyhow::Result<EndToEnd> {
+    let dir = std::env::temp_dir().join(tag);
+    std::fs::create_dir_all(&dir)?;
+    let config = joiner_config(cfg, &dir, tag, topics, partitions)?;
+    let mut router = KafkaRouter::create(cfg, topics, partitions)?;
     let mut joiner = Joiner::start(&config)?;
     let started = Instant::now();
     for l in lines {
@@ -192,19 +214,7 @@ fn through_joiner(cfg: &KafkaConfig, tag: &str, partitions: i32, lines: &[Vec<u8
     }
     router.flush()?;
     let produce_seconds = started.elapsed().as_secs_f64();
-    let deadline = Instant::now() + Duration::from_secs(900);
-    let stats = loop {
-        let s = joiner.stats()?;
-        let received = STREAMS.iter().map(|k| s[k]["received"].as_u64().unwrap_or(0)).sum::<u64>()
-            + s["malformed"].as_u64().unwrap_or(0);
-        if received >= lines.len() as u64 {
-            break s;
-        }
-        if Instant::now() > deadline {
-            bail!("the joiner received {received} of {} events in 15 minutes", lines.len());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let stats = joiner.wait_until_received(lines.len() as u64)?;
     let seconds = started.elapsed().as_secs_f64();
     let joiner_cpu_seconds = joiner.cpu_seconds().unwrap_or(f64::NAN);
     let checkpoints = joiner.recovery()?;
@@ -212,6 +222,53 @@ fn through_joiner(cfg: &KafkaConfig, tag: &str, partitions: i32, lines: &[Vec<u8
     let _ = std::fs::remove_dir_all(&dir);
     let samples = stats["samples"]["emitted"].as_u64().unwrap_or(0);
     Ok(EndToEnd { seconds, produce_seconds, joiner_cpu_seconds, samples, late: late_per_stream(&stats), checkpoints })
+}
+
+struct CatchUp {
+    seconds: f64,
+    joiner_cpu_seconds: f64,
+}
+
+/// A second joiner on the filled input topics, from their beginning (a fresh
+/// checkpoint), timed from its start until it has received all `n` lines.
+fn catch_up(cfg: &KafkaConfig, tag: &str, inputs: &StreamTopics, partitions: i32, n: usize) -> anyhow::Result<CatchUp> {
+    let dir = std::env::temp_dir().join(tag);
+    std::fs::create_dir_all(&dir)?;
+    let config = joiner_config(cfg, &dir, tag, inputs, partitions)?;
+    let started = Instant::now();
+    let mut joiner = Joiner::start(&config)?;
+    joiner.wait_until_received(n as u64)?;
+    let seconds = started.elapsed().as_secs_f64();
+    let joiner_cpu_seconds = joiner.cpu_seconds().unwrap_or(f64::NAN);
+    drop(joiner);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(CatchUp { seconds, joiner_cpu_seconds })
+}
+
+/// Seconds for plain consumers, polled in turn as the joiner polls its inputs (no wait
+/// after a round that brought records), to read the `n` records of the four input
+/// topics from their beginning.
+fn consume_all(cfg: &KafkaConfig, topics: &StreamTopics, n: usize) -> anyhow::Result<f64> {
+    let names = [&topics.exposure, &topics.click, &topics.detail_click, &topics.feature];
+    let started = Instant::now();
+    let mut sources =
+        names.iter().map(|t| KafkaSource::assign(cfg, t, &Offsets::new())).collect::<Result<Vec<_>, _>>()?;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let (mut read, mut busy) = (0, false);
+    while read < n {
+        if Instant::now() > deadline {
+            bail!("consumed only {read} of {n} records in 10 minutes");
+        }
+        let before = read;
+        let wait = if busy { Duration::ZERO } else { Duration::from_millis(5) };
+        for s in &mut sources {
+            if let Poll::Records(rs) = s.poll(8192, wait)? {
+                read += rs.len();
+            }
+        }
+        busy = read > before;
+    }
+    Ok(started.elapsed().as_secs_f64())
 }
 
 /// The `odl join --kafka` child; killed on drop.
@@ -258,6 +315,24 @@ impl Joiner {
 
     fn stats(&mut self) -> anyhow::Result<serde_json::Value> {
         self.get_json("/stats")
+    }
+
+    /// Polls `/stats` until `n` events have been received (joined, dead-lettered or
+    /// pending); returns those statistics.
+    fn wait_until_received(&mut self, n: u64) -> anyhow::Result<serde_json::Value> {
+        let deadline = Instant::now() + Duration::from_secs(900);
+        loop {
+            let s = self.stats()?;
+            let received = STREAMS.iter().map(|k| s[k]["received"].as_u64().unwrap_or(0)).sum::<u64>()
+                + s["malformed"].as_u64().unwrap_or(0);
+            if received >= n {
+                return Ok(s);
+            }
+            if Instant::now() > deadline {
+                bail!("the joiner received {received} of {n} events in 15 minutes");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Checkpoints written so far, and the size and time of the last one.
