@@ -369,20 +369,14 @@ impl<'a> KafkaJoiner<'a> {
             return false;
         }
         let mut lag_by_topic = BTreeMap::new();
+        let now = Instant::now();
         for (i, input) in self.inputs.iter().enumerate() {
-            match input.source.cached_lag() {
-                Ok(lag) => {
-                    let now = Instant::now();
-                    for (&p, &l) in &lag {
-                        self.watermarks.set_lag((i, p), l, now);
-                    }
-                    lag_by_topic.insert(input.topic.clone(), lag.values().sum::<i64>().max(0) as u64);
-                }
-                Err(e) => {
-                    self.broker_down("reading the consumer lag", &e);
-                    return false;
-                }
+            let lag = input.source.cached_lag();
+            for (&p, &l) in &lag {
+                // Not fetched yet: behind until its first fetch says otherwise.
+                self.watermarks.set_lag((i, p), l.unwrap_or(1), now);
             }
+            lag_by_topic.insert(input.topic.clone(), lag.values().flatten().sum::<i64>().max(0) as u64);
         }
         self.broker_ok();
         self.handles.observations.set_consumer_lag(lag_by_topic);

@@ -84,6 +84,7 @@ pub fn run(args: BenchKafkaArgs) -> anyhow::Result<()> {
         "catch_up_vs_broker_consume": ((consume_seconds / catch_up.seconds) * 1000.0).round() / 1000.0,
         "catch_up_vs_broker": ((baseline / catch_up.seconds) * 1000.0).round() / 1000.0,
         "catch_up_joiner_cpu_seconds": catch_up.joiner_cpu_seconds,
+        "catch_up_startup_seconds": catch_up.startup_seconds,
         "late": e2e.late,
         "late_in_a_file_replay": replay_late,
         "target": "end_to_end_vs_broker >= 0.8",
@@ -225,24 +226,29 @@ fn through_joiner(cfg: &KafkaConfig, tag: &str, topics: &StreamTopics, partition
 }
 
 struct CatchUp {
+    /// From the joiner's ready line (consumers assigned, as the plain consumers are
+    /// when their clock starts) until it has received every line.
     seconds: f64,
+    /// From the process start to its ready line (topics checked, clients opened).
+    startup_seconds: f64,
     joiner_cpu_seconds: f64,
 }
 
 /// A second joiner on the filled input topics, from their beginning (a fresh
-/// checkpoint), timed from its start until it has received all `n` lines.
+/// checkpoint), timed until it has received all `n` lines.
 fn catch_up(cfg: &KafkaConfig, tag: &str, inputs: &StreamTopics, partitions: i32, n: usize) -> anyhow::Result<CatchUp> {
     let dir = std::env::temp_dir().join(tag);
     std::fs::create_dir_all(&dir)?;
     let config = joiner_config(cfg, &dir, tag, inputs, partitions)?;
-    let started = Instant::now();
+    let launched = Instant::now();
     let mut joiner = Joiner::start(&config)?;
+    let ready = Instant::now();
     joiner.wait_until_received(n as u64)?;
-    let seconds = started.elapsed().as_secs_f64();
+    let seconds = ready.elapsed().as_secs_f64();
     let joiner_cpu_seconds = joiner.cpu_seconds().unwrap_or(f64::NAN);
     drop(joiner);
     let _ = std::fs::remove_dir_all(&dir);
-    Ok(CatchUp { seconds, joiner_cpu_seconds })
+    Ok(CatchUp { seconds, startup_seconds: (ready - launched).as_secs_f64(), joiner_cpu_seconds })
 }
 
 /// Seconds for plain consumers, polled in turn as the joiner polls its inputs (no wait

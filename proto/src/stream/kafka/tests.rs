@@ -56,7 +56,7 @@ fn assigned_source_reads_every_partition_and_resumes_from_kept_positions() {
     let kept = source.positions().clone();
     assert_eq!(kept.values().sum::<i64>(), 300, "next offsets add up to what was read");
     assert_eq!(source.lag().expect("lag").values().sum::<i64>(), 0);
-    assert_eq!(source.cached_lag().expect("cached lag").values().sum::<i64>(), 0);
+    assert!(source.cached_lag().values().all(|&l| l == Some(0)));
     source.probe().expect("the broker answers");
     assert_eq!(source.end_offsets().expect("ends"), kept, "caught up: the ends are the kept positions");
     drop(source);
@@ -125,14 +125,13 @@ fn throttled_commits_reach_the_broker_when_the_source_closes() {
 /// The mock cluster does not implement CreateTopics (`ensure_topics` is tested against
 /// the real broker in `tests/kafka.rs`); metadata it does answer.
 /// The lag from the watermarks of the fetch responses agrees with the broker's
-/// answer, before the first fetch (asked of the broker) and after a partial read, and
-/// needs no broker once fetched.
+/// answer after a partial read, and needs no broker.
 #[test]
 fn cached_lag_agrees_with_the_broker() {
     let (mock, cfg) = cluster("lagging", 1);
     produce(&cfg, "lagging", 0..300);
     let mut source = KafkaSource::assign(&cfg, "lagging", &Offsets::new()).expect("assign");
-    assert_eq!(source.cached_lag().expect("cached lag")[&0], 300, "nothing fetched yet: asked of the broker");
+    assert!(source.cached_lag()[&0].is_none_or(|l| l == 300), "nothing fetched yet, or all of it");
     let mut read_so_far = 0;
     let deadline = Instant::now() + Duration::from_secs(30);
     while read_so_far < 100 && Instant::now() < deadline {
@@ -141,10 +140,10 @@ fn cached_lag_agrees_with_the_broker() {
         }
     }
     assert_eq!(read_so_far, 100);
-    assert_eq!(source.cached_lag().expect("cached lag"), source.lag().expect("lag"));
-    assert_eq!(source.cached_lag().expect("cached lag")[&0], 200);
+    assert_eq!(source.lag().expect("lag")[&0], 200);
+    assert_eq!(source.cached_lag()[&0], Some(200));
     drop(mock);
-    assert_eq!(source.cached_lag().expect("no round trip needed")[&0], 200, "read from the last fetch");
+    assert_eq!(source.cached_lag()[&0], Some(200), "read from the last fetch, no broker needed");
 }
 
 #[test]
