@@ -98,7 +98,18 @@ impl KafkaSink {
     /// Send to an explicit partition (`None`: by key, librdkafka's consistent hash).
     /// Blocks while the local queue is full, i.e. while the broker is unreachable.
     pub fn send_to(&mut self, partition: Option<i32>, key: Option<&[u8]>, value: &[u8]) -> Result<()> {
-        let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&self.topic).payload(value);
+        let topic = std::mem::take(&mut self.topic);
+        let sent = self.send_to_topic(&topic, partition, key, value);
+        self.topic = topic;
+        sent
+    }
+
+    /// [`KafkaSink::send_to`] another topic than the sink's own, through the same
+    /// producer: one writer of several topics (the simulator's four streams) needs one
+    /// client, not one per topic. Delivery reports ([`KafkaSink::take_delivered`]) do
+    /// not tell the topics apart.
+    pub fn send_to_topic(&mut self, topic: &str, partition: Option<i32>, key: Option<&[u8]>, value: &[u8]) -> Result<()> {
+        let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic).payload(value);
         if let Some(k) = key {
             record = record.key(k);
         }
@@ -114,13 +125,13 @@ impl KafkaSink {
                     record = r;
                     let since = *stalled_since.get_or_insert_with(Instant::now);
                     if last_log.elapsed() >= STALL_LOG_INTERVAL {
-                        tracing::warn!(topic = %self.topic, waited_s = since.elapsed().as_secs(),
+                        tracing::warn!(topic, waited_s = since.elapsed().as_secs(),
                             "kafka: producer queue full, waiting for the broker");
                         last_log = Instant::now();
                     }
                     self.producer.poll(Duration::from_millis(100));
                 }
-                Err((e, _)) => return Err(broker_error(&format!("producing to {}", self.topic), e)),
+                Err((e, _)) => return Err(broker_error(&format!("producing to {topic}"), e)),
             }
         }
         self.unpolled += 1;
