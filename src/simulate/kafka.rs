@@ -4,9 +4,9 @@
 //! joiner; lines that name no known stream go to the exposure topic. Messages are
 //! keyed by `pv_id` when they have one (a page view's events share a partition).
 
+use memchr::memmem::Finder;
 use odl_proto::event::StreamKind;
 use odl_proto::stream::kafka::{ensure_topics, KafkaConfig, KafkaSink};
-use memchr::memmem::Finder;
 use odl_proto::stream::{RecordSink, Result};
 use std::sync::LazyLock;
 

@@ -295,8 +295,8 @@ impl KafkaSource {
     /// ms per check of its 16 partitions on a loaded machine, and 0.3 s at its start.
     pub fn cached_lag(&self) -> BTreeMap<i32, Option<i64>> {
         let Ok(topic) = std::ffi::CString::new(self.topic.as_str()) else { return BTreeMap::new() };
-        let assigned = self.assignment();
-        assigned.into_iter().map(|p| (p, self.cached_watermarks(&topic, p).map(|(low, high)| self.behind(p, low, high)))).collect()
+        let lag = |p| self.cached_watermarks(&topic, p).map(|(low, high)| self.behind(p, low, high));
+        self.assignment().into_iter().map(|p| (p, lag(p))).collect()
     }
 
     /// The low and high watermarks of `partition` that librdkafka last saw, if it saw a
