@@ -22,6 +22,7 @@
 //! it was when the broker returns. Records are never dropped (the producer keeps them
 //! queued; a checkpoint waits until they are acknowledged).
 
+mod reader;
 pub mod recovery;
 pub mod watermarks;
 #[cfg(test)]
@@ -38,6 +39,7 @@ use memchr::memmem::Finder;
 use odl_proto::event::StreamKind;
 use odl_proto::stream::kafka::{ensure_topics, partition_count, KafkaConfig, KafkaSink, KafkaSource, Offsets};
 use odl_proto::stream::{Poll, Record, RecordSink, RecordSource, StreamError};
+use reader::InputReader;
 use recovery::{PerOutput, RecoveryObservations};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -97,7 +99,7 @@ pub fn run(config: &JoinerConfig, handles: &Handles, stop: &AtomicBool) -> Resul
 struct Input {
     stream: StreamKind,
     topic: String,
-    source: KafkaSource,
+    source: InputReader,
 }
 
 struct Outputs {
@@ -169,6 +171,11 @@ impl<'a> KafkaJoiner<'a> {
             else {
                 return Ok(None);
             };
+            let source = InputReader::spawn(source, &start).map_err(|source| StreamError::Io {
+                what: "starting the reader thread of",
+                name: topic.to_string(),
+                source,
+            })?;
             if let Some(m) = positions.max_ts.get(topic) {
                 watermarks.restore(m.iter().map(|(&p, &ts)| ((i, p), ts)), now);
             }

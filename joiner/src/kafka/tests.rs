@@ -332,3 +332,46 @@ fn a_burst_on_every_topic_after_a_quiet_spell_makes_nothing_late() {
     assert_eq!(late, [0; 4], "late per stream after the burst");
     assert!(s.samples.emitted > 800, "the watermark still moved: {} samples", s.samples.emitted);
 }
+
+/// A reader thread runs ahead of the loop, but its positions (what a checkpoint
+/// keeps) and its lag (what holds the watermark) count only the records the loop took:
+/// records still in its queue are lag, and a restart from its positions reads them.
+#[test]
+fn a_reader_counts_only_the_records_taken_from_it() {
+    let (_mock, c, _dir) = cluster(1);
+    let t = topic(&c, StreamKind::Exposure);
+    let total = 3 * BATCH as i64;
+    let lines: Vec<_> = (0..total).map(|n| (StreamKind::Exposure, format!("{{\"n\":{n}}}"))).collect();
+    produce(&c, &lines);
+    let source = KafkaSource::assign(&c.kafka, &t, &Offsets::new()).unwrap();
+    let mut reader = reader::InputReader::spawn(source, &Offsets::new()).unwrap();
+    assert_eq!(reader.lag().unwrap()[&0], total, "nothing taken yet");
+    let take = |reader: &mut reader::InputReader| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match reader.poll(BATCH, Duration::from_millis(200)).unwrap() {
+                Poll::Records(rs) => break rs,
+                _ => assert!(Instant::now() < deadline, "no batch from the reader"),
+            }
+        }
+    };
+    let first = take(&mut reader);
+    let mut taken = first.len() as i64;
+    assert_eq!(first.last().unwrap().position.offset, taken - 1);
+    assert_eq!(reader.positions()[&0], taken);
+    assert_eq!(reader.lag().unwrap()[&0], total - taken, "what the reader read ahead is still lag");
+    // Resuming from the positions, as a restart does, reads exactly the rest.
+    let resumed = KafkaSource::assign(&c.kafka, &t, reader.positions()).unwrap();
+    let mut rest = reader::InputReader::spawn(resumed, &reader.positions().clone()).unwrap();
+    drop(reader);
+    let mut offsets = Vec::new();
+    while taken < total {
+        let rs = take(&mut rest);
+        taken += rs.len() as i64;
+        offsets.extend(rs.iter().map(|r| r.position.offset));
+    }
+    assert_eq!(offsets, (first.len() as i64..total).collect::<Vec<_>>(), "the rest, once each, in order");
+    assert_eq!(rest.positions()[&0], total);
+    assert_eq!(rest.lag().unwrap()[&0], 0);
+    assert!(matches!(rest.poll(BATCH, Duration::ZERO).unwrap(), Poll::Idle));
+}

@@ -27,7 +27,7 @@ mod tests;
 pub use admin::{check_connection, committed_offsets, ensure_topics, partition_count};
 pub use config::KafkaConfig;
 pub use sink::{Delivered, KafkaSink};
-pub use source::{KafkaSource, Offsets};
+pub use source::{KafkaSource, Offsets, PartitionEnds};
 
 use super::StreamError;
 use rdkafka::error::KafkaError;

@@ -25,7 +25,9 @@ const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
 const GROUP_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub struct KafkaSource {
-    consumer: BaseConsumer<GroupContext>,
+    consumer: Arc<BaseConsumer<GroupContext>>,
+    /// The same consumer, for the questions about partition ends (lag, probes).
+    ends: PartitionEnds,
     topic: String,
     /// Next offset per partition after the records returned so far.
     returned: Offsets,
@@ -227,7 +229,9 @@ impl KafkaSource {
     }
 
     fn new(consumer: BaseConsumer<GroupContext>, topic: &str, grouped: bool) -> Self {
+        let consumer = Arc::new(consumer);
         KafkaSource {
+            ends: PartitionEnds { consumer: Arc::clone(&consumer), topic: topic.to_string(), grouped },
             consumer,
             topic: topic.to_string(),
             returned: Offsets::new(),
@@ -252,7 +256,7 @@ impl KafkaSource {
     pub fn commit_now(&mut self) -> Result<()> {
         self.forget_revoked();
         self.last_commit = Some(Instant::now());
-        self.consumer.context().commit_processed(&self.consumer, None)
+        self.consumer.context().commit_processed(&*self.consumer, None)
     }
 
     pub fn topic(&self) -> &str {
@@ -266,95 +270,36 @@ impl KafkaSource {
 
     /// The partitions this consumer owns now (after the last rebalance it saw).
     pub fn assignment(&self) -> Vec<i32> {
-        if self.grouped {
-            lock(&self.consumer.context().assigned).clone()
-        } else {
-            self.consumer
-                .assignment()
-                .map(|t| t.elements().iter().map(|e| e.partition()).collect())
-                .unwrap_or_default()
-        }
+        self.ends.assignment()
+    }
+
+    /// A handle on this consumer's partition ends for another thread, which can ask
+    /// for the lag while this source is being polled.
+    pub fn ends(&self) -> PartitionEnds {
+        self.ends.clone()
     }
 
     /// Messages behind each owned partition's high watermark: the consumer lag, asked
     /// of the broker (a round trip per partition).
     pub fn lag(&self) -> Result<BTreeMap<i32, i64>> {
-        let mut lag = BTreeMap::new();
-        for p in self.assignment() {
-            let (low, high) = self.fetch_watermarks(p)?;
-            lag.insert(p, self.behind(p, low, high));
-        }
-        Ok(lag)
+        self.ends.lag(&self.returned)
     }
 
-    /// [`KafkaSource::lag`] from the watermarks of the last fetch responses, which
-    /// librdkafka keeps (at most a fetch old while the partition is being fetched),
-    /// without a broker round trip; `None` for a partition with no fetch response yet
-    /// (the first few milliseconds after the assignment). A busy caller reads it often:
-    /// the round trips of [`KafkaSource::lag`] held the Kafka joiner's loop for 130-210
-    /// ms per check of its 16 partitions on a loaded machine, and 0.3 s at its start.
+    /// [`KafkaSource::lag`] from the watermarks librdkafka keeps; see
+    /// [`PartitionEnds::cached_lag`].
     pub fn cached_lag(&self) -> BTreeMap<i32, Option<i64>> {
-        let Ok(topic) = std::ffi::CString::new(self.topic.as_str()) else { return BTreeMap::new() };
-        let lag = |p| self.cached_watermarks(&topic, p).map(|(low, high)| self.behind(p, low, high));
-        self.assignment().into_iter().map(|p| (p, lag(p))).collect()
+        self.ends.cached_lag(&self.returned)
     }
 
-    /// The low and high watermarks of `partition` that librdkafka last saw, if it saw a
-    /// high one (`rd_kafka_get_watermark_offsets`, which rust-rdkafka does not wrap).
-    fn cached_watermarks(&self, topic: &std::ffi::CStr, partition: i32) -> Option<(i64, i64)> {
-        let (mut low, mut high) = (-1i64, -1i64);
-        // SAFETY: the client pointer is valid for as long as `self.consumer` lives, the
-        // topic is a NUL-terminated string that outlives the call, and librdkafka only
-        // writes the two offsets through the pointers it is given.
-        let err = unsafe {
-            rdkafka::bindings::rd_kafka_get_watermark_offsets(
-                self.consumer.client().native_ptr(),
-                topic.as_ptr(),
-                partition,
-                &mut low,
-                &mut high,
-            )
-        };
-        // The low watermark (log start) is only known from newer fetch versions: before
-        // anything was read, an unknown one counts the partition from offset 0, which
-        // can only overstate the lag (retention may have removed the first records).
-        let known = err == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0;
-        known.then_some((low.max(0), high))
-    }
-
-    /// One round trip to the broker (the watermarks of one owned partition, or the
-    /// topic's metadata when none is owned): whether it answers now.
+    /// One round trip to the broker: whether it answers now ([`PartitionEnds::probe`]).
     pub fn probe(&self) -> Result<()> {
-        match self.assignment().first() {
-            Some(&p) => self.fetch_watermarks(p).map(drop),
-            None => self
-                .consumer
-                .fetch_metadata(Some(&self.topic), METADATA_TIMEOUT)
-                .map(drop)
-                .map_err(|e| broker_error(&format!("reading metadata of {}", self.topic), e)),
-        }
-    }
-
-    /// Records of partition `p` between the next one to return and `high`.
-    fn behind(&self, p: i32, low: i64, high: i64) -> i64 {
-        let next = self.returned.get(&p).copied().unwrap_or(low).max(low);
-        (high - next).max(0)
-    }
-
-    fn fetch_watermarks(&self, partition: i32) -> Result<(i64, i64)> {
-        self.consumer
-            .fetch_watermarks(&self.topic, partition, METADATA_TIMEOUT)
-            .map_err(|e| broker_error(&format!("reading watermarks of {}", self.topic), e))
+        self.ends.probe()
     }
 
     /// The high watermark (offset after the last record) of each owned partition.
     /// A producer that is a topic's only writer reads its own progress from it.
     pub fn end_offsets(&self) -> Result<Offsets> {
-        let mut ends = Offsets::new();
-        for p in self.assignment() {
-            ends.insert(p, self.fetch_watermarks(p)?.1);
-        }
-        Ok(ends)
+        self.ends.end_offsets()
     }
 
     fn forget_revoked(&mut self) {
@@ -410,6 +355,114 @@ impl KafkaSource {
             g.resubscribe = true;
         }
     }
+}
+
+/// What one consumer knows of the ends of its partitions, shared with the thread that
+/// polls it (librdkafka clients are thread-safe): a caller that reads a topic on a
+/// thread of its own asks for the lag after what *it* has processed, which the reading
+/// thread may be ahead of.
+#[derive(Clone)]
+pub struct PartitionEnds {
+    consumer: Arc<BaseConsumer<GroupContext>>,
+    topic: String,
+    grouped: bool,
+}
+
+impl PartitionEnds {
+    /// The partitions the consumer owns now (after the last rebalance it saw).
+    pub fn assignment(&self) -> Vec<i32> {
+        if self.grouped {
+            lock(&self.consumer.context().assigned).clone()
+        } else {
+            self.consumer
+                .assignment()
+                .map(|t| t.elements().iter().map(|e| e.partition()).collect())
+                .unwrap_or_default()
+        }
+    }
+
+    /// Messages of each owned partition from `next` (the next offset to process per
+    /// partition) to its high watermark, asked of the broker (a round trip per
+    /// partition).
+    pub fn lag(&self, next: &Offsets) -> Result<BTreeMap<i32, i64>> {
+        let mut lag = BTreeMap::new();
+        for p in self.assignment() {
+            let (low, high) = self.fetch_watermarks(p)?;
+            lag.insert(p, behind(next, p, low, high));
+        }
+        Ok(lag)
+    }
+
+    /// [`PartitionEnds::lag`] from the watermarks of the last fetch responses, which
+    /// librdkafka keeps (at most a fetch old while the partition is being fetched),
+    /// without a broker round trip; `None` for a partition with no fetch response yet
+    /// (the first few milliseconds after the assignment). A busy caller reads it often:
+    /// the round trips of [`PartitionEnds::lag`] held the Kafka joiner's loop for
+    /// 130-210 ms per check of its 16 partitions on a loaded machine, and 0.3 s at its
+    /// start.
+    pub fn cached_lag(&self, next: &Offsets) -> BTreeMap<i32, Option<i64>> {
+        let Ok(topic) = std::ffi::CString::new(self.topic.as_str()) else { return BTreeMap::new() };
+        let lag = |p| self.cached_watermarks(&topic, p).map(|(low, high)| behind(next, p, low, high));
+        self.assignment().into_iter().map(|p| (p, lag(p))).collect()
+    }
+
+    /// The low and high watermarks of `partition` that librdkafka last saw, if it saw a
+    /// high one (`rd_kafka_get_watermark_offsets`, which rust-rdkafka does not wrap).
+    fn cached_watermarks(&self, topic: &std::ffi::CStr, partition: i32) -> Option<(i64, i64)> {
+        let (mut low, mut high) = (-1i64, -1i64);
+        // SAFETY: the client pointer is valid for as long as `self.consumer` lives, the
+        // topic is a NUL-terminated string that outlives the call, and librdkafka only
+        // writes the two offsets through the pointers it is given.
+        let err = unsafe {
+            rdkafka::bindings::rd_kafka_get_watermark_offsets(
+                self.consumer.client().native_ptr(),
+                topic.as_ptr(),
+                partition,
+                &mut low,
+                &mut high,
+            )
+        };
+        // The low watermark (log start) is only known from newer fetch versions: before
+        // anything was read, an unknown one counts the partition from offset 0, which
+        // can only overstate the lag (retention may have removed the first records).
+        let known = err == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0;
+        known.then_some((low.max(0), high))
+    }
+
+    /// One round trip to the broker (the watermarks of one owned partition, or the
+    /// topic's metadata when none is owned): whether it answers now.
+    pub fn probe(&self) -> Result<()> {
+        match self.assignment().first() {
+            Some(&p) => self.fetch_watermarks(p).map(drop),
+            None => self
+                .consumer
+                .fetch_metadata(Some(&self.topic), METADATA_TIMEOUT)
+                .map(drop)
+                .map_err(|e| broker_error(&format!("reading metadata of {}", self.topic), e)),
+        }
+    }
+
+    /// The high watermark (offset after the last record) of each owned partition.
+    pub fn end_offsets(&self) -> Result<Offsets> {
+        let mut ends = Offsets::new();
+        for p in self.assignment() {
+            ends.insert(p, self.fetch_watermarks(p)?.1);
+        }
+        Ok(ends)
+    }
+
+    fn fetch_watermarks(&self, partition: i32) -> Result<(i64, i64)> {
+        self.consumer
+            .fetch_watermarks(&self.topic, partition, METADATA_TIMEOUT)
+            .map_err(|e| broker_error(&format!("reading watermarks of {}", self.topic), e))
+    }
+}
+
+/// Records of partition `p` between the next one to process (in `next`, else the
+/// partition's start `low`) and `high`.
+fn behind(next: &Offsets, p: i32, low: i64, high: i64) -> i64 {
+    let next = next.get(&p).copied().unwrap_or(low).max(low);
+    (high - next).max(0)
 }
 
 /// A rebalance inside this poll took partitions away: what was read of them is not

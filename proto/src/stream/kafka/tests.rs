@@ -142,6 +142,10 @@ fn cached_lag_agrees_with_the_broker() {
     assert_eq!(read_so_far, 100);
     assert_eq!(source.lag().expect("lag")[&0], 200);
     assert_eq!(source.cached_lag()[&0], Some(200));
+    // Another thread's view of the same consumer counts from its own positions.
+    let ends = source.ends();
+    assert_eq!(ends.cached_lag(&Offsets::new())[&0], Some(300));
+    assert_eq!(ends.lag(&Offsets::from([(0, 50)])).expect("lag")[&0], 250);
     drop(mock);
     assert_eq!(source.cached_lag()[&0], Some(200), "read from the last fetch, no broker needed");
 }
