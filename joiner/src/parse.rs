@@ -31,6 +31,78 @@ pub struct ParsedEvent<'a> {
     pub audit_hash: u64,
 }
 
+/// A [`ParsedEvent`] whose fields are spans of its line instead of borrows, so it can
+/// cross a thread beside the line (the Kafka joiner parses on its reader threads) and
+/// borrow from it again there ([`DetachedEvent::attach`]).
+#[derive(Clone, Copy, Debug)]
+pub struct DetachedEvent {
+    stream: StreamKind,
+    ts: i64,
+    key: Key,
+    pv_id: Span,
+    item_id: Span,
+    user_id: Option<Span>,
+    features: Option<Span>,
+    audit_hash: u64,
+}
+
+/// Where a field lies in its line.
+#[derive(Clone, Copy, Debug)]
+struct Span {
+    start: usize,
+    end: usize,
+}
+
+impl Span {
+    /// `part`'s place in `line`; `None` unless `part` is a slice of `line`.
+    fn of(line: &[u8], part: &[u8]) -> Option<Span> {
+        let start = (part.as_ptr() as usize).checked_sub(line.as_ptr() as usize)?;
+        let end = start.checked_add(part.len())?;
+        (end <= line.len()).then_some(Span { start, end })
+    }
+}
+
+impl<'a> ParsedEvent<'a> {
+    /// The event as spans of `line`, the line it was parsed from; `None` if a field
+    /// does not lie in it (the parser only ever returns slices of its line).
+    pub fn detach(&self, line: &'a [u8]) -> Option<DetachedEvent> {
+        let span = |part: &[u8]| Span::of(line, part);
+        let optional = |part: Option<&[u8]>| part.map(span).map_or(Some(None), |s| s.map(Some));
+        Some(DetachedEvent {
+            stream: self.stream,
+            ts: self.ts,
+            key: self.key,
+            pv_id: span(self.pv_id)?,
+            item_id: span(self.item_id)?,
+            user_id: optional(self.user_id)?,
+            features: optional(self.features)?,
+            audit_hash: self.audit_hash,
+        })
+    }
+}
+
+impl DetachedEvent {
+    pub fn ts(&self) -> i64 {
+        self.ts
+    }
+
+    /// The event again, borrowing from `line`, which must be the line it was detached
+    /// from (any other line may panic or give wrong fields).
+    pub fn attach<'a>(&self, line: &'a [u8]) -> ParsedEvent<'a> {
+        let at = |s: Span| &line[s.start..s.end];
+        ParsedEvent {
+            stream: self.stream,
+            ts: self.ts,
+            key: self.key,
+            pv_id: at(self.pv_id),
+            item_id: at(self.item_id),
+            user_id: self.user_id.map(at),
+            features: self.features.map(at),
+            audit_hash: self.audit_hash,
+        }
+    }
+}
+
 /// Why a line was rejected; `reason()` is what the dead-letter line carries.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Malformed {
@@ -277,6 +349,26 @@ mod tests {
         assert_eq!(f.features, Some(&br#"{ "a": 1 }"#[..]));
         let d = p(r#"{"stream":"detail_click","pv_id":"p","item_id":"i","ts":0,"user_id":3}"#).unwrap();
         assert_eq!((d.stream, d.user_id), (StreamKind::DetailClick, None));
+    }
+
+    /// What a reader thread hands over is the same event once attached to its line,
+    /// and only its own line's slices can be detached.
+    #[test]
+    fn a_detached_event_attaches_to_its_line_unchanged() {
+        let lines = [
+            r#"{"stream":"exposure","pv_id":"p\u0031","item_id":"i","user_id":"u","ts":5}"#,
+            r#"{"stream":"feature","pv_id":"p","item_id":"i","ts":1,"features":{"a":1}}"#,
+            r#"{"stream":"click","pv_id":"p","item_id":"i","ts":-7,"user_id":"u"}"#,
+        ];
+        for line in lines {
+            let e = p(line).unwrap();
+            let d = e.detach(line.as_bytes()).expect("fields are slices of the line");
+            let copy = line.as_bytes().to_vec();
+            assert_eq!(format!("{:?}", d.attach(&copy)), format!("{e:?}"), "{line}");
+            assert_eq!(d.ts(), e.ts);
+        }
+        let other = lines[1].as_bytes().to_vec();
+        assert!(p(lines[0]).unwrap().detach(&other).is_none(), "not a slice of that line");
     }
 
     #[test]

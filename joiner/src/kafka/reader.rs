@@ -1,7 +1,8 @@
-//! Each input topic is polled on a thread of its own, which hands its batches to the
-//! joiner's loop through a short bounded queue. Taking records out of librdkafka and
-//! copying them was a fifth of the loop's thread (perf, `odl bench kafka`); on its own
-//! thread it runs while the loop joins the batch before.
+//! Each input topic is polled and parsed on a thread of its own, which hands its
+//! batches to the joiner's loop through a short bounded queue. Taking records out of
+//! librdkafka and copying them was a fifth of the loop's thread and parsing them a
+//! seventh (perf, `odl bench kafka`); on their own threads they run while the loop
+//! joins the batch before.
 //!
 //! The loop stays the only one that decides what has been processed: a reader is at
 //! most [`QUEUE_BATCHES`] batches ahead, and the positions it checkpoints and the lag
@@ -10,6 +11,8 @@
 //! again). An input the skew limit holds back is simply not taken from: its reader
 //! blocks on the full queue and librdkafka's own queue fills behind it, as before.
 
+use crate::parse::{DetachedEvent, Malformed, Parser};
+use odl_proto::event::StreamKind;
 use odl_proto::stream::kafka::{KafkaSource, Offsets, PartitionEnds};
 use odl_proto::stream::{Poll, Position, Record, RecordSource, Result, StreamError};
 use std::collections::BTreeMap;
@@ -28,7 +31,31 @@ const READ_WAIT: Duration = Duration::from_millis(50);
 /// queues a few errors for the loop's backoff rather than one per poll.
 const ERROR_PAUSE: Duration = Duration::from_millis(100);
 
-type Batch = Result<Vec<Record>>;
+type Batch = Result<Vec<Read>>;
+
+/// One record and what its reader made of it.
+pub struct Read {
+    pub record: Record,
+    pub class: Class,
+}
+
+pub enum Class {
+    Event(DetachedEvent),
+    Malformed(Malformed),
+    /// Larger than `max_message_bytes`: not parsed.
+    Oversized,
+    /// Parsed, but the parse could not be handed over (a field outside the line,
+    /// which the parser never returns): the loop parses it again.
+    Unparsed,
+}
+
+/// What a reader needs to know to parse its topic's records.
+#[derive(Clone, Copy)]
+pub struct Parsing {
+    /// The topic's stream, unless a record names its own.
+    pub stream: StreamKind,
+    pub max_message_bytes: usize,
+}
 
 /// One input topic, read ahead on its own thread.
 pub struct InputReader {
@@ -44,7 +71,7 @@ pub struct InputReader {
 impl InputReader {
     /// Starts reading `source`, which was assigned from `start` (the positions the
     /// loop resumes from).
-    pub fn spawn(source: KafkaSource, start: &Offsets) -> std::io::Result<Self> {
+    pub fn spawn(source: KafkaSource, start: &Offsets, parsing: Parsing) -> std::io::Result<Self> {
         let topic = source.topic().to_string();
         let ends = source.ends();
         let (tx, batches) = sync_channel(QUEUE_BATCHES);
@@ -52,7 +79,7 @@ impl InputReader {
         let flag = Arc::clone(&stop);
         let thread = std::thread::Builder::new()
             .name(format!("odl-read-{topic}"))
-            .spawn(move || read(source, &tx, &flag))?;
+            .spawn(move || read(source, parsing, &tx, &flag))?;
         Ok(InputReader { topic, batches, ends, taken: start.clone(), stop, thread: Some(thread) })
     }
 
@@ -79,13 +106,14 @@ impl InputReader {
     }
 
     /// Notes the batch's positions: the last record of each run of one partition.
-    fn took(&mut self, records: &[Record]) {
+    fn took(&mut self, batch: &[Read]) {
         let mut run: Option<Position> = None;
-        for r in records {
-            if let Some(prev) = run.filter(|prev| prev.partition != r.position.partition) {
+        for r in batch {
+            let position = r.record.position;
+            if let Some(prev) = run.filter(|prev| prev.partition != position.partition) {
                 self.taken.insert(prev.partition, prev.offset + 1);
             }
-            run = Some(r.position);
+            run = Some(position);
         }
         if let Some(last) = run {
             self.taken.insert(last.partition, last.offset + 1);
@@ -93,23 +121,23 @@ impl InputReader {
     }
 }
 
-impl RecordSource for InputReader {
-    /// The reader's next batch, waiting up to `timeout` for one (`max` is the
-    /// reader's batch size, [`crate::kafka`]'s `BATCH`). A reader that is gone (its
-    /// thread panicked) is an error that retrying cannot fix.
-    fn poll(&mut self, _max: usize, timeout: Duration) -> Result<Poll> {
-        let next = if timeout.is_zero() {
+impl InputReader {
+    /// The reader's next batch, waiting up to `wait` for one; `None`: nothing within
+    /// the wait. A reader that is gone (its thread panicked) is an error that retrying
+    /// cannot fix.
+    pub fn next_batch(&mut self, wait: Duration) -> Result<Option<Vec<Read>>> {
+        let next = if wait.is_zero() {
             self.batches.try_recv().map_err(|e| e == TryRecvError::Disconnected)
         } else {
-            self.batches.recv_timeout(timeout).map_err(|e| e == RecvTimeoutError::Disconnected)
+            self.batches.recv_timeout(wait).map_err(|e| e == RecvTimeoutError::Disconnected)
         };
         match next {
             Ok(batch) => {
-                let records = batch?;
-                self.took(&records);
-                Ok(Poll::Records(records))
+                let batch = batch?;
+                self.took(&batch);
+                Ok(Some(batch))
             }
-            Err(false) => Ok(Poll::Idle),
+            Err(false) => Ok(None),
             Err(true) => Err(StreamError::Closed { name: format!("the reader thread of {}", self.topic) }),
         }
     }
@@ -126,10 +154,11 @@ impl Drop for InputReader {
     }
 }
 
-fn read(mut source: KafkaSource, tx: &SyncSender<Batch>, stop: &AtomicBool) {
+fn read(mut source: KafkaSource, parsing: Parsing, tx: &SyncSender<Batch>, stop: &AtomicBool) {
+    let mut parser = Parser::default();
     while !stop.load(Ordering::Relaxed) {
         let batch = match source.poll(super::BATCH, READ_WAIT) {
-            Ok(Poll::Records(records)) => Ok(records),
+            Ok(Poll::Records(records)) => Ok(records.into_iter().map(|r| parse(&mut parser, parsing, r)).collect()),
             Ok(Poll::Idle) => continue,
             Ok(Poll::End) => return,
             Err(e) => Err(e),
@@ -142,4 +171,17 @@ fn read(mut source: KafkaSource, tx: &SyncSender<Batch>, stop: &AtomicBool) {
             std::thread::sleep(ERROR_PAUSE);
         }
     }
+}
+
+fn parse(parser: &mut Parser, parsing: Parsing, record: Record) -> Read {
+    let line = &record.value[..];
+    let class = if line.len() > parsing.max_message_bytes {
+        Class::Oversized
+    } else {
+        match super::classify(parser, line, parsing.stream) {
+            Ok(ev) => ev.detach(line).map_or(Class::Unparsed, Class::Event),
+            Err(m) => Class::Malformed(m),
+        }
+    };
+    Read { record, class }
 }

@@ -336,42 +336,63 @@ fn a_burst_on_every_topic_after_a_quiet_spell_makes_nothing_late() {
 /// A reader thread runs ahead of the loop, but its positions (what a checkpoint
 /// keeps) and its lag (what holds the watermark) count only the records the loop took:
 /// records still in its queue are lag, and a restart from its positions reads them.
+/// It hands over each record parsed, or why it was not.
 #[test]
 fn a_reader_counts_only_the_records_taken_from_it() {
     let (_mock, c, _dir) = cluster(1);
     let t = topic(&c, StreamKind::Exposure);
     let total = 3 * BATCH as i64;
-    let lines: Vec<_> = (0..total).map(|n| (StreamKind::Exposure, format!("{{\"n\":{n}}}"))).collect();
+    let line = |n: i64| {
+        let pad = if n % 1000 == 999 { "x".repeat(100) } else { String::new() };
+        format!(r#"{{"pv_id":"p{n}","item_id":"i","user_id":"u{pad}","ts":{n}}}"#)
+    };
+    let lines: Vec<_> = (0..total).map(|n| (StreamKind::Exposure, line(n))).collect();
     produce(&c, &lines);
+    let parsing = reader::Parsing { stream: StreamKind::Exposure, max_message_bytes: 100 };
     let source = KafkaSource::assign(&c.kafka, &t, &Offsets::new()).unwrap();
-    let mut reader = reader::InputReader::spawn(source, &Offsets::new()).unwrap();
+    let mut reader = reader::InputReader::spawn(source, &Offsets::new(), parsing).unwrap();
     assert_eq!(reader.lag().unwrap()[&0], total, "nothing taken yet");
     let take = |reader: &mut reader::InputReader| {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            match reader.poll(BATCH, Duration::from_millis(200)).unwrap() {
-                Poll::Records(rs) => break rs,
-                _ => assert!(Instant::now() < deadline, "no batch from the reader"),
+            match reader.next_batch(Duration::from_millis(200)).unwrap() {
+                Some(batch) => break batch,
+                None => assert!(Instant::now() < deadline, "no batch from the reader"),
             }
         }
     };
     let first = take(&mut reader);
     let mut taken = first.len() as i64;
-    assert_eq!(first.last().unwrap().position.offset, taken - 1);
+    assert_eq!(first.last().unwrap().record.position.offset, taken - 1);
     assert_eq!(reader.positions()[&0], taken);
     assert_eq!(reader.lag().unwrap()[&0], total - taken, "what the reader read ahead is still lag");
     // Resuming from the positions, as a restart does, reads exactly the rest.
     let resumed = KafkaSource::assign(&c.kafka, &t, reader.positions()).unwrap();
-    let mut rest = reader::InputReader::spawn(resumed, &reader.positions().clone()).unwrap();
+    let mut rest = reader::InputReader::spawn(resumed, &reader.positions().clone(), parsing).unwrap();
     drop(reader);
     let mut offsets = Vec::new();
+    let mut batches = vec![first];
     while taken < total {
-        let rs = take(&mut rest);
-        taken += rs.len() as i64;
-        offsets.extend(rs.iter().map(|r| r.position.offset));
+        let batch = take(&mut rest);
+        taken += batch.len() as i64;
+        offsets.extend(batch.iter().map(|r| r.record.position.offset));
+        batches.push(batch);
     }
-    assert_eq!(offsets, (first.len() as i64..total).collect::<Vec<_>>(), "the rest, once each, in order");
+    let resumed_at = batches[0].len() as i64;
+    assert_eq!(offsets, (resumed_at..total).collect::<Vec<_>>(), "the rest, once each, in order");
     assert_eq!(rest.positions()[&0], total);
     assert_eq!(rest.lag().unwrap()[&0], 0);
-    assert!(matches!(rest.poll(BATCH, Duration::ZERO).unwrap(), Poll::Idle));
+    assert!(rest.next_batch(Duration::ZERO).unwrap().is_none());
+    for read in batches.iter().flatten() {
+        let n = read.record.position.offset;
+        match &read.class {
+            reader::Class::Event(ev) => {
+                assert!(n % 1000 != 999);
+                let ev = ev.attach(&read.record.value);
+                assert_eq!((ev.ts, ev.pv_id), (n, format!("\"p{n}\"").as_bytes()));
+            }
+            reader::Class::Oversized => assert_eq!(n % 1000, 999),
+            _ => panic!("record {n} was neither parsed nor oversized"),
+        }
+    }
 }
