@@ -385,9 +385,9 @@ impl<'a> KafkaJoiner<'a> {
 
     /// The consumer lag to the HTTP routes and the watermarks (which partitions are
     /// caught up), from the watermarks librdkafka keeps of its fetches: no broker round
-    /// trip, so a batch that wakes a partition can afford it (with a probe each, the 16
-    /// partitions waking at the start of odl bench kafka held the loop for ~0.5 s while
-    /// the broker was busy taking the stream).
+    /// trip, so a batch that wakes a partition can afford it (with the probe, each of the
+    /// 16 partitions waking at the start of a stream waited for a broker busy taking
+    /// that stream).
     fn read_lag(&mut self) {
         let mut lag_by_topic = BTreeMap::new();
         let now = Instant::now();

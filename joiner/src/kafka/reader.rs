@@ -119,9 +119,7 @@ impl InputReader {
             self.taken.insert(last.partition, last.offset + 1);
         }
     }
-}
 
-impl InputReader {
     /// The reader's next batch, waiting up to `wait` for one; `None`: nothing within
     /// the wait. A reader that is gone (its thread panicked) is an error that retrying
     /// cannot fix.
