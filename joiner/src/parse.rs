@@ -361,14 +361,14 @@ mod tests {
             r#"{"stream":"click","pv_id":"p","item_id":"i","ts":-7,"user_id":"u"}"#,
         ];
         for line in lines {
-            let e = p(line).unwrap();
+            let e = p(line).expect("well formed");
             let d = e.detach(line.as_bytes()).expect("fields are slices of the line");
             let copy = line.as_bytes().to_vec();
             assert_eq!(format!("{:?}", d.attach(&copy)), format!("{e:?}"), "{line}");
             assert_eq!(d.ts(), e.ts);
         }
         let other = lines[1].as_bytes().to_vec();
-        assert!(p(lines[0]).unwrap().detach(&other).is_none(), "not a slice of that line");
+        assert!(p(lines[0]).expect("well formed").detach(&other).is_none(), "not a slice of that line");
     }
 
     #[test]

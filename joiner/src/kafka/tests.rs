@@ -349,13 +349,13 @@ fn a_reader_counts_only_the_records_taken_from_it() {
     let lines: Vec<_> = (0..total).map(|n| (StreamKind::Exposure, line(n))).collect();
     produce(&c, &lines);
     let parsing = reader::Parsing { stream: StreamKind::Exposure, max_message_bytes: 100 };
-    let source = KafkaSource::assign(&c.kafka, &t, &Offsets::new()).unwrap();
-    let mut reader = reader::InputReader::spawn(source, &Offsets::new(), parsing).unwrap();
-    assert_eq!(reader.lag().unwrap()[&0], total, "nothing taken yet");
+    let source = KafkaSource::assign(&c.kafka, &t, &Offsets::new()).expect("assign");
+    let mut reader = reader::InputReader::spawn(source, &Offsets::new(), parsing).expect("reader thread");
+    assert_eq!(reader.lag().expect("lag")[&0], total, "nothing taken yet");
     let take = |reader: &mut reader::InputReader| {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            match reader.next_batch(Duration::from_millis(200)).unwrap() {
+            match reader.next_batch(Duration::from_millis(200)).expect("a batch or nothing") {
                 Some(batch) => break batch,
                 None => assert!(Instant::now() < deadline, "no batch from the reader"),
             }
@@ -363,12 +363,12 @@ fn a_reader_counts_only_the_records_taken_from_it() {
     };
     let first = take(&mut reader);
     let mut taken = first.len() as i64;
-    assert_eq!(first.last().unwrap().record.position.offset, taken - 1);
+    assert_eq!(first.last().expect("a batch holds records").record.position.offset, taken - 1);
     assert_eq!(reader.positions()[&0], taken);
-    assert_eq!(reader.lag().unwrap()[&0], total - taken, "what the reader read ahead is still lag");
+    assert_eq!(reader.lag().expect("lag")[&0], total - taken, "what the reader read ahead is still lag");
     // Resuming from the positions, as a restart does, reads exactly the rest.
-    let resumed = KafkaSource::assign(&c.kafka, &t, reader.positions()).unwrap();
-    let mut rest = reader::InputReader::spawn(resumed, &reader.positions().clone(), parsing).unwrap();
+    let resumed = KafkaSource::assign(&c.kafka, &t, reader.positions()).expect("assign from the positions");
+    let mut rest = reader::InputReader::spawn(resumed, &reader.positions().clone(), parsing).expect("reader thread");
     drop(reader);
     let mut offsets = Vec::new();
     let mut batches = vec![first];
@@ -381,8 +381,8 @@ fn a_reader_counts_only_the_records_taken_from_it() {
     let resumed_at = batches[0].len() as i64;
     assert_eq!(offsets, (resumed_at..total).collect::<Vec<_>>(), "the rest, once each, in order");
     assert_eq!(rest.positions()[&0], total);
-    assert_eq!(rest.lag().unwrap()[&0], 0);
-    assert!(rest.next_batch(Duration::ZERO).unwrap().is_none());
+    assert_eq!(rest.lag().expect("lag")[&0], 0);
+    assert!(rest.next_batch(Duration::ZERO).expect("nothing left").is_none());
     for read in batches.iter().flatten() {
         let n = read.record.position.offset;
         match &read.class {
@@ -395,4 +395,32 @@ fn a_reader_counts_only_the_records_taken_from_it() {
             _ => panic!("record {n} was neither parsed nor oversized"),
         }
     }
+}
+
+/// A record its reader could not hand over parsed is parsed by the loop, so it is
+/// joined like any other; what the reader found malformed or oversized is dead-lettered.
+#[test]
+fn the_loop_parses_what_its_reader_handed_over_unparsed() {
+    let (_mock, c, _dir) = cluster(1);
+    let handles = Handles::default();
+    let stop = AtomicBool::new(false);
+    let store = CheckpointStore::open(&c.streaming.checkpoint_dir).expect("checkpoint store");
+    let mut j = KafkaJoiner::connect(&c, &handles, &stop, store, None).expect("connect").expect("not stopped");
+    let exposure = j.inputs.iter().position(|i| i.stream == StreamKind::Exposure).expect("exposure input");
+    let line = r#"{"pv_id":"p1","item_id":"i1","user_id":"u","ts":1700000000000}"#;
+    let read = |offset, class| reader::Read {
+        record: odl_proto::stream::Record {
+            key: None,
+            value: bytes::Bytes::from(line),
+            position: odl_proto::stream::Position { partition: 0, offset },
+        },
+        class,
+    };
+    let malformed = crate::parse::Malformed::MissingStream;
+    j.ingest(exposure, vec![read(0, reader::Class::Unparsed), read(1, reader::Class::Malformed(malformed))]);
+    j.ingest(exposure, vec![read(2, reader::Class::Oversized)]);
+    let s = *j.joiner.stats();
+    assert_eq!(s.exposure.received, 1, "the unparsed record was parsed and counted");
+    assert_eq!(j.joiner.buffered_keys(), 1, "and is waiting for its clicks");
+    assert_eq!(s.malformed, 2, "the malformed and the oversized one");
 }
