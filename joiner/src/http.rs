@@ -74,6 +74,15 @@ impl JoinerObservations {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Takes the operator's counters alone: a copy of a few dozen integers, cheap enough
+    /// after every batch, so `/stats` is never a stats interval behind. (A full
+    /// [`publish`](Self::publish) walks every pending key and clones three histograms:
+    /// at a 10 ms interval that was a tenth of the Kafka joiner's CPU in
+    /// `odl bench kafka`.)
+    pub fn publish_stats(&self, stats: &JoinStats) {
+        self.lock().stats = *stats;
+    }
+
     /// Takes the operator's statistics, quality and state sizes (every stats interval
     /// and at the end). The first publish makes a starting joiner ready.
     pub fn publish(&self, joiner: &Joiner) {
@@ -432,6 +441,18 @@ mod tests {
             Readiness::NotReady("broker unreachable".into())
         );
         assert_eq!(obs.stats().click.received, 1);
+    }
+
+    #[test]
+    fn published_counters_are_served_before_the_next_full_publish() {
+        let obs = JoinerObservations::default();
+        let mut j = Joiner::new(&crate::JoinerConfig::default());
+        obs.publish(&j);
+        j.push(br#"{"stream":"click","pv_id":"p","item_id":"i","ts":5}"#);
+        assert_eq!(obs.stats().click.received, 0);
+        obs.publish_stats(j.stats());
+        assert_eq!(obs.stats().click.received, 1);
+        assert_eq!(obs.readiness(), Readiness::Ready);
     }
 
     #[test]

@@ -262,6 +262,7 @@ impl<'a> KafkaJoiner<'a> {
                         // broker quietly); records do.
                         last_message = Instant::now();
                         self.broker_ok();
+                        self.handles.observations.publish_stats(self.joiner.stats());
                     }
                     backoff = BACKOFF_MIN;
                 }

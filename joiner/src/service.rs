@@ -68,6 +68,9 @@ pub fn run_observed(
                     joiner.push_bytes(&r.value);
                 }
                 drain(&mut joiner, samples, audit, dead_letter)?;
+                if let Some(o) = observations {
+                    o.publish_stats(joiner.stats());
+                }
             }
             Poll::Idle => {}
             Poll::End => break,

@@ -217,6 +217,34 @@ fn a_stopped_joiner_resumes_from_its_checkpoint_and_emits_each_sample_once() {
 }
 
 #[test]
+fn stats_count_every_event_read_without_waiting_for_the_stats_interval() {
+    let (_mock, mut c, _dir) = cluster(2);
+    // An hour: only the counters published after each batch can bring the count.
+    c.stats_interval_ms = 3_600_000;
+    c.streaming.exit_when_idle_ms = 0;
+    let lines = events(0, 200);
+    produce(&c, &lines);
+    let stop = AtomicBool::new(false);
+    let handles = Handles::default();
+    let joined = std::thread::scope(|s| {
+        let h = s.spawn(|| run(&c, &handles, &stop));
+        let _stop_on_failure = StopOnDrop(&stop);
+        let s = || handles.observations.stats();
+        let received = || s().exposure.received + s().click.received + s().detail_click.received + s().feature.received;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while received() < lines.len() as u64 {
+            assert!(Instant::now() < deadline, "/stats counted {} of {} events", received(), lines.len());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        stop.store(true, Ordering::Relaxed);
+        h.join().expect("joiner thread")
+    });
+    let (ending, stats) = joined.expect("kafka joiner");
+    assert_eq!(ending, Ending::Stopped);
+    assert_eq!(handles.observations.stats(), stats, "the stop publishes the final statistics");
+}
+
+#[test]
 fn bad_messages_go_to_the_dead_letter_topic_with_their_reason() {
     let (_mock, mut c, _dir) = cluster(1);
     c.streaming.max_message_bytes = 300;

@@ -229,12 +229,6 @@ fn stream_topics(tag: &str) -> StreamTopics {
     }
 }
 
-/// How often the bench's joiner publishes its /stats, where the bench reads when the
-/// last event arrived: at the joiner's default of 200 ms that reading came up to 0.2 s
-/// late (0.1 s on average, 8% of a 1.3 s run), which the in-process consumers of the
-/// baseline do not pay.
-const STATS_INTERVAL_MS: u64 = 10;
-
 /// A joiner config on `inputs`, with output topics and a checkpoint of its own under
 /// `dir` (named by `tag`).
 fn joiner_config(cfg: &KafkaConfig, dir: &std::path::Path, tag: &str, inputs: &StreamTopics, partitions: i32) -> anyhow::Result<std::path::PathBuf> {
@@ -243,7 +237,7 @@ fn joiner_config(cfg: &KafkaConfig, dir: &std::path::Path, tag: &str, inputs: &S
     std::fs::write(
         &config,
         format!(
-            "stats_interval_ms = {STATS_INTERVAL_MS}\n[kafka]\nbrokers = \"{}\"\n[topics]\nexposure = \"{}\"\nclick = \"{}\"\n\
+            "[kafka]\nbrokers = \"{}\"\n[topics]\nexposure = \"{}\"\nclick = \"{}\"\n\
              detail_click = \"{}\"\nfeature = \"{}\"\nsamples = \"{}\"\naudit = \"{}\"\ndead_letter = \"{}\"\n\
              partitions = {partitions}\n[streaming]\ncheckpoint_dir = \"{}\"\n",
             cfg.brokers,
