@@ -434,14 +434,11 @@ fn odl_run_exports_metrics_quality_and_readiness() {
         .unwrap();
     assert_eq!(status, 400);
 
-    // /v1/quality and /stats from the same published snapshot: read stats on both sides.
-    let (stats, quality) = loop {
-        let a = get_json(&joiner, "/stats").1;
-        let q = get_json(&joiner, "/v1/quality").1;
-        if a == get_json(&joiner, "/stats").1 {
-            break (a, q);
-        }
-    };
+    // /v1/quality carries the counters of its own snapshot (`as_of`); /stats is
+    // refreshed after every batch, so it is never behind them.
+    let quality = get_json(&joiner, "/v1/quality").1;
+    let live = get_json(&joiner, "/stats").1;
+    let stats = quality["as_of"].clone();
     let expected_keys = [
         "click",
         "detail_click",
@@ -450,9 +447,15 @@ fn odl_run_exports_metrics_quality_and_readiness() {
         "malformed",
         "samples",
     ];
-    assert_eq!(
-        stats.as_object().unwrap().keys().collect::<Vec<_>>(),
-        expected_keys
+    for counters in [&stats, &live] {
+        assert_eq!(
+            counters.as_object().unwrap().keys().collect::<Vec<_>>(),
+            expected_keys
+        );
+    }
+    assert!(
+        live["exposure"]["received"].as_u64() >= stats["exposure"]["received"].as_u64(),
+        "/stats {live} is behind /v1/quality's as_of {stats}"
     );
     for label in ["click", "detail_click"] {
         let d = &quality["label_delay"][label];

@@ -21,6 +21,7 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
+use serde::Serialize;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::{Arc, Mutex};
@@ -42,6 +43,8 @@ pub enum Readiness {
 #[derive(Debug)]
 struct Observed {
     stats: JoinStats,
+    /// The counters when `quality` and `pending` were taken (`stats` is newer).
+    as_of: JoinStats,
     quality: Quality,
     pending: Pending,
     consumer_lag: BTreeMap<String, u64>,
@@ -60,6 +63,7 @@ impl Default for JoinerObservations {
         JoinerObservations {
             inner: Arc::new(Mutex::new(Observed {
                 stats: JoinStats::default(),
+                as_of: JoinStats::default(),
                 quality: Quality::default(),
                 pending: Pending::default(),
                 consumer_lag: BTreeMap::new(),
@@ -90,6 +94,7 @@ impl JoinerObservations {
             (*joiner.stats(), joiner.quality().clone(), joiner.pending());
         let mut o = self.lock();
         o.stats = stats;
+        o.as_of = stats;
         o.quality = quality;
         o.pending = pending;
         if o.readiness == Readiness::Starting {
@@ -114,10 +119,21 @@ impl JoinerObservations {
         self.lock().stats
     }
 
-    pub fn quality(&self) -> QualityReport {
+    pub fn quality(&self) -> QualityView {
         let o = self.lock();
-        o.quality.report(o.pending, &o.consumer_lag)
+        QualityView { report: o.quality.report(o.pending, &o.consumer_lag), as_of: o.as_of }
     }
+}
+
+/// `GET /v1/quality`: the quality figures and the counters of the same snapshot.
+/// `/stats` is refreshed after every batch but these only every stats interval, so
+/// a reader relating the two (label delays against joined labels, say) takes the
+/// counters from `as_of`.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct QualityView {
+    #[serde(flatten)]
+    pub report: QualityReport,
+    pub as_of: JoinStats,
 }
 
 /// The routes of this module over `observations`.
@@ -156,7 +172,7 @@ async fn stats(State(c): State<Ctx>) -> Json<JoinStats> {
     Json(c.observations.stats())
 }
 
-async fn quality(State(c): State<Ctx>) -> Json<QualityReport> {
+async fn quality(State(c): State<Ctx>) -> Json<QualityView> {
     Json(c.observations.quality())
 }
 
@@ -476,6 +492,6 @@ mod tests {
             "{text}"
         );
         assert!(text.ends_with("# EOF\n"));
-        assert_eq!(obs.quality().consumer_lag["clicks"], 7);
+        assert_eq!(obs.quality().report.consumer_lag["clicks"], 7);
     }
 }
