@@ -10,6 +10,10 @@
 //!   time as a share of that wall time (from /proc);
 //! - target (issue 7): end to end at least 80% of the baseline (the joiner is not the
 //!   bottleneck);
+//! - `read_when_produced`: how many lines the baseline's consumer and the joiner had
+//!   read when the last send was acknowledged, which tells whether a run was bound by
+//!   what the broker serves while it is taking writes (tansu 0.6 served the baseline's
+//!   consumer almost nothing until the writes were done) or by the joiner afterwards;
 //! - catch-up: a second joiner, on a fresh checkpoint and output topics, reading the
 //!   same input topics from their beginning once every line is there: the joiner's own
 //!   rate when no producer shares the machine (a joiner catching up on a backlog after
@@ -29,6 +33,7 @@ use odl_proto::stream::{Poll, RecordSink, RecordSource};
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 #[derive(clap::Args, Debug)]
@@ -59,7 +64,8 @@ pub fn run(args: BenchKafkaArgs) -> anyhow::Result<()> {
     let tag = format!("bench-{}-{}", std::process::id(), t.elapsed().as_nanos());
 
     let machine = MachineCpu::now();
-    let baseline = broker_round_trip(&cfg, &format!("{tag}-baseline"), args.partitions, &lines)?;
+    let (baseline, baseline_read_when_produced) =
+        broker_round_trip(&cfg, &format!("{tag}-baseline"), args.partitions, &lines)?;
     let baseline_machine = machine.map(|m| m.since());
     eprintln!("broker produce->consume: {:.0} events/s", lines.len() as f64 / baseline);
     let topics = stream_topics(&tag);
@@ -80,6 +86,7 @@ pub fn run(args: BenchKafkaArgs) -> anyhow::Result<()> {
         "end_to_end_vs_broker": ((baseline / e2e.seconds) * 1000.0).round() / 1000.0,
         "end_to_end_seconds": e2e.seconds,
         "produce_seconds": e2e.produce_seconds,
+        "read_when_produced": {"broker_consumer": baseline_read_when_produced, "joiner": e2e.received_when_produced},
         "joiner_cpu_seconds": e2e.joiner_cpu_seconds,
         "joiner_cpu_share_of_wall": ((e2e.joiner_cpu_seconds / e2e.seconds) * 1000.0).round() / 1000.0,
         "joiner_cpu_seconds_by_thread": e2e.joiner_threads,
@@ -149,6 +156,12 @@ impl MachineUse {
 
 const STREAMS: [&str; 4] = ["exposure", "click", "detail_click", "feature"];
 
+/// Lines the joiner has taken in: every event it received, and every malformed line.
+fn received(stats: &serde_json::Value) -> u64 {
+    STREAMS.iter().map(|k| stats[k]["received"].as_u64().unwrap_or(0)).sum::<u64>()
+        + stats["malformed"].as_u64().unwrap_or(0)
+}
+
 /// Late events per stream in `stats` (the joiner's /stats shape).
 fn late_per_stream(stats: &serde_json::Value) -> serde_json::Value {
     STREAMS.iter().map(|k| (k.to_string(), stats[k]["late"].clone())).collect()
@@ -179,38 +192,48 @@ impl RecordSink for Discard {
     }
 }
 
-/// Seconds to produce `lines` to a fresh topic and consume them all back.
-fn broker_round_trip(cfg: &KafkaConfig, topic: &str, partitions: i32, lines: &[Vec<u8>]) -> anyhow::Result<f64> {
+/// Produces `lines` to a fresh topic and consumes them all back, at once: seconds from
+/// the first send to the last record read, and how many records had been
+/// read when the last send was acknowledged.
+fn broker_round_trip(cfg: &KafkaConfig, topic: &str, partitions: i32, lines: &[Vec<u8>]) -> anyhow::Result<(f64, usize)> {
     ensure_topics(cfg, &[(topic, partitions)])?;
     let mut source = KafkaSource::assign(cfg, topic, &Offsets::new())?;
+    let produced = AtomicBool::new(false);
     let started = Instant::now();
-    let consumer = std::thread::scope(|s| -> anyhow::Result<()> {
+    let read_when_produced = std::thread::scope(|s| -> anyhow::Result<usize> {
         let producer = s.spawn(|| -> anyhow::Result<()> {
             let mut sink = KafkaSink::create(cfg, topic)?;
             for l in lines {
                 sink.send(None, l)?;
             }
-            Ok(sink.flush()?)
+            sink.flush()?;
+            produced.store(true, Ordering::Release);
+            Ok(())
         });
-        let mut read = 0;
+        let (mut read, mut read_when_produced) = (0, None);
         let deadline = Instant::now() + Duration::from_secs(600);
         while read < lines.len() {
             if Instant::now() > deadline {
                 bail!("consumed only {read} of {} records in 10 minutes", lines.len());
             }
-            if let Poll::Records(rs) = source.poll(10_000, Duration::from_millis(100))? {
+            if read_when_produced.is_none() && produced.load(Ordering::Acquire) {
+                read_when_produced = Some(read);
+            }
+            if let Poll::Records(rs) = source.poll(10_000, Duration::from_millis(5))? {
                 read += rs.len();
             }
         }
-        producer.join().map_err(|_| anyhow::anyhow!("producer thread panicked"))?
-    });
-    consumer?;
-    Ok(started.elapsed().as_secs_f64())
+        producer.join().map_err(|_| anyhow::anyhow!("producer thread panicked"))??;
+        Ok(read_when_produced.unwrap_or(read))
+    })?;
+    Ok((started.elapsed().as_secs_f64(), read_when_produced))
 }
 
 struct EndToEnd {
     seconds: f64,
     produce_seconds: f64,
+    /// Lines in the joiner's `/stats` when the last send was acknowledged.
+    received_when_produced: u64,
     joiner_cpu_seconds: f64,
     joiner_threads: BTreeMap<String, f64>,
     samples: u64,
@@ -268,6 +291,7 @@ fn through_joiner(cfg: &KafkaConfig, tag: &str, topics: &StreamTopics, partition
     }
     router.flush()?;
     let produce_seconds = started.elapsed().as_secs_f64();
+    let received_when_produced = received(&joiner.stats()?);
     let stats = joiner.wait_until_received(lines.len() as u64)?;
     let seconds = started.elapsed().as_secs_f64();
     let joiner_cpu_seconds = joiner.cpu_seconds().unwrap_or(f64::NAN);
@@ -277,7 +301,7 @@ fn through_joiner(cfg: &KafkaConfig, tag: &str, topics: &StreamTopics, partition
     let _ = std::fs::remove_dir_all(&dir);
     let samples = stats["samples"]["emitted"].as_u64().unwrap_or(0);
     let late = late_per_stream(&stats);
-    Ok(EndToEnd { seconds, produce_seconds, joiner_cpu_seconds, joiner_threads, samples, late, checkpoints })
+    Ok(EndToEnd { seconds, produce_seconds, received_when_produced, joiner_cpu_seconds, joiner_threads, samples, late, checkpoints })
 }
 
 struct CatchUp {
@@ -384,8 +408,7 @@ impl Joiner {
         let deadline = Instant::now() + Duration::from_secs(900);
         loop {
             let s = self.stats()?;
-            let received = STREAMS.iter().map(|k| s[k]["received"].as_u64().unwrap_or(0)).sum::<u64>()
-                + s["malformed"].as_u64().unwrap_or(0);
+            let received = received(&s);
             if received >= n {
                 return Ok(s);
             }
