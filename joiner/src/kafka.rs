@@ -53,6 +53,8 @@ const BATCH: usize = 8192;
 /// inputs are polled in turn, so this is also how long records that reach another input
 /// may wait: kept short (at 50 ms, odl bench kafka took 2.7-3.3 s instead of 2.2 s).
 const IDLE_POLL: Duration = Duration::from_millis(5);
+/// How many records ahead of the one being pushed `ingest` looks the key up.
+const PREFETCH_AHEAD: usize = 4;
 const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often the consumer lag is read (a broker round trip per input partition, so
 /// not at every stats tick).
@@ -323,7 +325,11 @@ impl<'a> KafkaJoiner<'a> {
         let max = self.config.streaming.max_message_bytes;
         let mut woke = false;
         let mut last_partition = None;
-        for Read { record: r, class } in batch {
+        for (i, read) in batch.iter().enumerate() {
+            if let Some(Read { class: Class::Event(ahead), .. }) = batch.get(i + PREFETCH_AHEAD) {
+                self.joiner.prefetch(ahead.key());
+            }
+            let Read { record: r, class } = read;
             let id = (input, r.position.partition);
             if last_partition != Some(id.1) {
                 woke |= !self.watermarks.counts(id, now);
@@ -331,7 +337,7 @@ impl<'a> KafkaJoiner<'a> {
             }
             let parsed = match class {
                 Class::Event(ev) => Ok(ev.attach(&r.value)),
-                Class::Malformed(m) => Err(m),
+                Class::Malformed(m) => Err(m.clone()),
                 Class::Unparsed => classify(&mut self.parser, &r.value, topic_stream),
                 Class::Oversized => {
                     let why = format!("oversized: {} bytes, max_message_bytes is {max}", r.value.len());

@@ -86,6 +86,11 @@ impl DetachedEvent {
         self.ts
     }
 
+    /// The join key `(pv_id, item_id)`.
+    pub fn key(&self) -> Key {
+        self.key
+    }
+
     /// The event again, borrowing from `line`, which must be the line it was detached
     /// from (any other line may panic or give wrong fields).
     pub fn attach<'a>(&self, line: &'a [u8]) -> ParsedEvent<'a> {

@@ -50,9 +50,9 @@ impl Joiner {
         b.put_u64_le(timers.len() as u64);
         for t in timers {
             b.put_i64_le(t.deadline);
-            b.put_u64_le(t.seq);
-            b.put_u128_le(t.key);
-            b.put_u8(t.kind as u8);
+            b.put_u64_le(t.seq());
+            b.put_u128_le(t.key());
+            b.put_u8(t.kind() as u8);
         }
         Ok(b)
     }
@@ -78,14 +78,8 @@ impl Joiner {
         }
         for _ in 0..r.count()? {
             let (deadline, seq, key) = (r.i64()?, r.u64()?, r.u128()?);
-            let kind = match r.u8()? {
-                0 => TimerKind::Exposure,
-                1 => TimerKind::Click,
-                2 => TimerKind::DetailClick,
-                3 => TimerKind::Feature,
-                _ => return Err(SnapshotError::Corrupt("timer kind")),
-            };
-            j.timers.push(Timer { deadline, seq, key, kind });
+            let kind = TimerKind::ALL.get(r.u8()? as usize).ok_or(SnapshotError::Corrupt("timer kind"))?;
+            j.timers.push(Timer::new(deadline, seq, key, *kind));
         }
         if !r.0.is_empty() {
             return Err(SnapshotError::Corrupt("trailing bytes"));

@@ -471,7 +471,7 @@ fn timers_pop_in_deadline_order_like_a_sorted_list() {
     let mut due = Vec::new();
     for seq in 0..20_000u64 {
         let deadline = wm - 2_000 + next(700_000) as i64 * (next(4) == 0) as i64 + next(3_000) as i64;
-        timers.push(Timer { deadline, seq, key: seq as u128, kind: TimerKind::Click });
+        timers.push(Timer::new(deadline, seq, seq as u128, TimerKind::Click));
         reference.push((deadline, seq));
         if next(3) == 0 {
             wm += next(900) as i64;
@@ -480,13 +480,28 @@ fn timers_pop_in_deadline_order_like_a_sorted_list() {
             reference.sort_unstable();
             let n = reference.partition_point(|&(d, _)| d < wm);
             let want: Vec<(i64, u64)> = reference.drain(..n).collect();
-            assert_eq!(due.iter().map(|t| (t.deadline, t.seq)).collect::<Vec<_>>(), want, "at {wm}");
+            assert_eq!(due.iter().map(|t| (t.deadline, t.seq())).collect::<Vec<_>>(), want, "at {wm}");
         }
     }
     assert_eq!(timers.iter().count(), reference.len());
     due.clear();
     timers.pop_due(None, &mut due);
     reference.sort_unstable();
-    assert_eq!(due.iter().map(|t| (t.deadline, t.seq)).collect::<Vec<_>>(), reference);
+    assert_eq!(due.iter().map(|t| (t.deadline, t.seq())).collect::<Vec<_>>(), reference);
     assert_eq!(timers.iter().count(), 0);
+}
+
+/// A timer gives back the sequence number, key and kind it was made of, and orders by
+/// `(deadline, seq)` whatever its kind.
+#[test]
+fn a_packed_timer_keeps_its_parts_and_its_order() {
+    let key: Key = 0xfedc_ba98_7654_3210_0123_4567_89ab_cdef;
+    for kind in TimerKind::ALL {
+        let t = Timer::new(-5, (1 << 62) - 1, key, kind);
+        assert_eq!((t.deadline, t.seq(), t.key(), t.kind()), (-5, (1 << 62) - 1, key, kind));
+    }
+    let early = Timer::new(10, 7, key, TimerKind::Feature);
+    let later = Timer::new(10, 8, 0, TimerKind::Exposure);
+    assert!(early.order() < later.order(), "same deadline: the earlier event first, whatever the kind");
+    assert!(later.order() < Timer::new(11, 0, key, TimerKind::Exposure).order());
 }
