@@ -327,7 +327,7 @@ impl<'a> KafkaJoiner<'a> {
         let mut last_partition = None;
         for (i, read) in batch.iter().enumerate() {
             if let Some(Read { class: Class::Event(ahead), .. }) = batch.get(i + PREFETCH_AHEAD) {
-                self.joiner.prefetch(ahead.key());
+                self.joiner.prefetch_key(ahead.key());
             }
             let Read { record: r, class } = read;
             let id = (input, r.position.partition);

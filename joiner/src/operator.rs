@@ -134,7 +134,7 @@ impl KeyState {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum TimerKind {
     Exposure = 0,
     Click = 1,
@@ -749,11 +749,12 @@ impl Joiner {
         self.due = due;
     }
 
-    /// Starts loading the state of `key` (a timer about to fire): the keys' states are
-    /// spread over a table of tens of megabytes, so firing a timer is mostly waiting
-    /// for memory. Looking the key up a few timers early lets that wait overlap the
-    /// current timer's work.
-    fn prefetch_key(&self, key: Key) {
+    /// Starts loading the state of `key` (a timer about to fire, or an event a few
+    /// records ahead in the Kafka loop's batch): the keys' states are spread over a
+    /// table of tens of megabytes, so firing a timer or joining an event is mostly
+    /// waiting for memory. Looking the key up a few timers or records early lets that
+    /// wait overlap the current one's work.
+    pub(crate) fn prefetch_key(&self, key: Key) {
         if let Some(state) = self.keys.get(&key) {
             let p = (state as *const KeyState).cast::<u8>();
             for at in (64..size_of::<KeyState>()).step_by(64) {

@@ -3,7 +3,6 @@
 //! before parsing (oversized) are counted and dead-lettered like malformed lines.
 
 use super::{DeadLetter, Joiner};
-use crate::parse::Key;
 use odl_proto::event::StreamKind;
 
 /// Bytes of a refused message kept in its dead letter (an oversized message is cut).
@@ -22,13 +21,6 @@ impl Joiner {
             self.watermark = wm;
             self.fire_timers();
         }
-    }
-
-    /// Starts loading the state of `key`, the key of an event a few records ahead of
-    /// the one being pushed: the caller holds the batch, and looking the key up early
-    /// lets the cache misses of the join table overlap the work on the records before.
-    pub fn prefetch(&self, key: Key) {
-        self.prefetch_key(key);
     }
 
     /// A message refused before parsing: counted `malformed`, dead-lettered with
