@@ -31,8 +31,7 @@ use memchr::memmem::Finder;
 use smallvec::SmallVec;
 use odl_proto::event::StreamKind;
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::hash::{BuildHasherDefault, Hasher};
+use std::collections::{BTreeMap, VecDeque};
 use std::io::Write;
 use std::sync::LazyLock;
 
@@ -43,26 +42,6 @@ pub enum Output<'a> {
     /// A dead-letter line: `{"reason", "stream", "line"}`.
     DeadLetter(&'a [u8]),
 }
-
-/// Keys are already uniform 128-bit hashes: fold them instead of hashing again.
-#[derive(Default)]
-struct KeyHasher(u64);
-
-impl Hasher for KeyHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = self.0.rotate_left(8) ^ b as u64;
-        }
-    }
-    fn write_u128(&mut self, k: u128) {
-        self.0 = (k as u64) ^ ((k >> 64) as u64);
-    }
-}
-
-type KeyMap<V> = HashMap<Key, V, BuildHasherDefault<KeyHasher>>;
 
 struct Feature {
     ts: i64,
@@ -422,7 +401,7 @@ pub struct Joiner {
     /// Kafka mode: the caller sets the watermark (the minimum over input partitions,
     /// see [`Joiner::use_external_watermark`]); events do not move it.
     external_watermark: bool,
-    keys: KeyMap<KeyState>,
+    keys: KeyTable<KeyState>,
     timers: Timers,
     due: Vec<Timer>,
     ready: VecDeque<Ready>,
@@ -452,7 +431,7 @@ impl Joiner {
             seq: 0,
             flushing: false,
             external_watermark: false,
-            keys: KeyMap::default(),
+            keys: KeyTable::default(),
             timers: Timers::default(),
             due: Vec::new(),
             ready: VecDeque::new(),
@@ -619,7 +598,7 @@ impl Joiner {
     }
 
     fn on_exposure(&mut self, ev: &ParsedEvent<'_>, line: &Bytes) {
-        let state = self.keys.entry(ev.key).or_default();
+        let state = self.keys.get_or_default(ev.key);
         if state.exposure.is_some() {
             self.stats.exposure.duplicate += 1;
             return;
@@ -685,7 +664,7 @@ impl Joiner {
     fn on_click(&mut self, ev: &ParsedEvent<'_>) {
         let detail = ev.stream == StreamKind::DetailClick;
         let wait = if detail { self.detail_click_wait } else { self.click_wait };
-        let state = self.keys.entry(ev.key).or_default();
+        let state = self.keys.get_or_default(ev.key);
         if let Some(h) = state.exposure.as_mut() {
             if in_window(h.ts, ev.ts, 0, wait) {
                 if self.observe_quality {
@@ -720,7 +699,7 @@ impl Joiner {
             None => Bytes::from_static(b"{}"),
         };
         let f = Feature { ts: ev.ts, seq: self.seq, raw };
-        let state = self.keys.entry(ev.key).or_default();
+        let state = self.keys.get_or_default(ev.key);
         if let Some(h) = state.exposure.as_mut() {
             if in_window(h.ts, ev.ts, self.lookback, self.grace) {
                 h.candidates.push(f);
@@ -750,19 +729,18 @@ impl Joiner {
     }
 
     /// Starts loading the state of `key` (a timer about to fire, or an event a few
-    /// records ahead in the Kafka loop's batch): the keys' states are spread over a
-    /// table of tens of megabytes, so firing a timer or joining an event is mostly
-    /// waiting for memory. Looking the key up a few timers or records early lets that
-    /// wait overlap the current one's work.
+    /// records ahead in the Kafka loop's batch): the keys' states are spread over tens
+    /// of megabytes, so firing a timer or joining an event is mostly waiting for
+    /// memory. The key's slot is found in the table's index, which stays in the cache
+    /// ([`KeyTable`]); its state is only prefetched, never read here, so that the wait
+    /// for it overlaps the current event's work instead of stalling this call.
     pub(crate) fn prefetch_key(&self, key: Key) {
         if let Some(state) = self.keys.get(&key) {
             let p = (state as *const KeyState).cast::<u8>();
-            for at in (64..size_of::<KeyState>()).step_by(64) {
+            for at in (0..size_of::<KeyState>()).step_by(64) {
                 prefetch(p.wrapping_add(at));
             }
-            if let Some(held) = &state.exposure {
-                prefetch(held.candidates.as_ptr().cast());
-            }
+            prefetch(p.wrapping_add(size_of::<KeyState>() - 1));
         }
     }
 
@@ -959,8 +937,11 @@ fn render_dead_letter(out: &mut Vec<u8>, d: &DeadLetter) {
     out.push(b'}');
 }
 
+mod key_table;
 mod partitioned;
 mod snapshot;
+
+use key_table::KeyTable;
 
 pub use snapshot::SnapshotError;
 

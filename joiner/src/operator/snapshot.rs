@@ -42,8 +42,8 @@ impl Joiner {
         b.put_u8(self.flushing as u8);
         put_bytes(&mut b, &serde_json::to_vec(&self.stats).unwrap_or_default());
         b.put_u64_le(self.keys.len() as u64);
-        for (key, state) in &self.keys {
-            b.put_u128_le(*key);
+        for (key, state) in self.keys.iter() {
+            b.put_u128_le(key);
             put_key_state(&mut b, state);
         }
         let timers: Vec<&Timer> = self.timers.iter().collect();
