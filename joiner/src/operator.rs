@@ -346,8 +346,9 @@ fn prefetch(p: *const u8) {
     let _ = p;
 }
 
-/// How many timers ahead of the one firing `fire_timers` looks the key up: far enough
-/// for the lookup's cache misses to be over when the timer fires.
+/// How many timers ahead of the one firing `fire_timers` prefetches the key's state
+/// (and twice as many, its index line): far enough for the loads to be over when the
+/// timer fires.
 const FIRE_PREFETCH_AHEAD: usize = 4;
 
 /// How many samples ahead of the one being rendered `drain_ready` prefetches.
@@ -719,6 +720,9 @@ impl Joiner {
         let limit = if self.flushing { None } else { Some(self.watermark) };
         self.timers.pop_due(limit, &mut due);
         for i in 0..due.len() {
+            if let Some(ahead) = due.get(i + 2 * FIRE_PREFETCH_AHEAD) {
+                self.prefetch_key_index(ahead.key());
+            }
             if let Some(ahead) = due.get(i + FIRE_PREFETCH_AHEAD) {
                 self.prefetch_key(ahead.key());
             }
@@ -728,20 +732,20 @@ impl Joiner {
         self.due = due;
     }
 
-    /// Starts loading the state of `key` (a timer about to fire, or an event a few
-    /// records ahead in the Kafka loop's batch): the keys' states are spread over tens
+    /// The look-ahead for a key a few timers or records ahead (a timer about to fire,
+    /// or an event of the Kafka loop's batch): the keys' states are spread over tens
     /// of megabytes, so firing a timer or joining an event is mostly waiting for
-    /// memory. The key's slot is found in the table's index, which stays in the cache
-    /// ([`KeyTable`]); its state is only prefetched, never read here, so that the wait
-    /// for it overlaps the current event's work instead of stalling this call.
+    /// memory. Call [`Joiner::prefetch_key_index`] some steps before
+    /// [`Joiner::prefetch_key`]: the first starts loading the key's index line, the
+    /// second reads it and starts loading the state ([`KeyTable`]), so neither waits
+    /// and the loads overlap the work of the events in between.
+    pub(crate) fn prefetch_key_index(&self, key: Key) {
+        self.keys.prefetch_index(key);
+    }
+
+    /// See [`Joiner::prefetch_key_index`].
     pub(crate) fn prefetch_key(&self, key: Key) {
-        if let Some(state) = self.keys.get(&key) {
-            let p = (state as *const KeyState).cast::<u8>();
-            for at in (0..size_of::<KeyState>()).step_by(64) {
-                prefetch(p.wrapping_add(at));
-            }
-            prefetch(p.wrapping_add(size_of::<KeyState>() - 1));
-        }
+        self.keys.prefetch(key);
     }
 
     fn fire(&mut self, t: Timer) {
