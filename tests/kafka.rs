@@ -32,3 +32,25 @@ fn topics_are_created_once_and_records_round_trip() {
         assert_eq!(k, Some(format!("k{}", v["i"]).into_bytes()));
     }
 }
+
+/// `odl bench kafka` on a small stream: it runs every phase against the real broker
+/// and reports each figure the README quotes (no figure is asserted: the machines are
+/// shared; the bench itself fails if the Kafka joiner calls more events late than a
+/// file replay).
+#[test]
+fn the_kafka_bench_runs_and_reports_its_figures() {
+    let Some(brokers) = brokers() else { return };
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_odl"))
+        .args(["bench", "kafka", "--events", "3000", "--partitions", "2", "--brokers", &brokers])
+        .output()
+        .expect("run odl bench kafka");
+    assert!(out.status.success(), "odl bench kafka failed: {}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("a JSON report");
+    assert_eq!(report["events"], 3000);
+    for figure in ["end_to_end_vs_broker", "end_to_end_vs_broker_four_topics", "catch_up_vs_broker_consume"] {
+        assert!(report[figure].as_f64().is_some_and(|r| r > 0.0), "{figure}: {}", report[figure]);
+    }
+    for reader in ["broker_consumer", "broker_four_topics_consumers", "joiner"] {
+        assert!(report["read_when_produced"][reader].is_u64(), "read_when_produced.{reader}");
+    }
+}
