@@ -24,7 +24,8 @@
 use super::prefetch;
 use crate::parse::Key;
 
-/// An index entry: tag in the high 32 bits, slot in the low 32; [`EMPTY`] is free.
+/// An index entry: tag in the high 32 bits, slot in the low 32; [`EMPTY`] is free (no
+/// real entry equals it: slot `u32::MAX` would take four billion live keys).
 type Entry = u64;
 const EMPTY: Entry = u64::MAX;
 /// The index starts at this many entries (a power of two) once a key arrives.
