@@ -53,9 +53,6 @@ const BATCH: usize = 8192;
 /// inputs are polled in turn, so this is also how long records that reach another input
 /// may wait: kept short (at 50 ms, odl bench kafka took 2.7-3.3 s instead of 2.2 s).
 const IDLE_POLL: Duration = Duration::from_millis(5);
-/// How many records ahead of the one being pushed `ingest` prefetches the key's state
-/// (and twice as many, its index line: [`Joiner::prefetch_key_index`]).
-const PREFETCH_AHEAD: usize = 4;
 const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often the consumer lag is read (a broker round trip per input partition, so
 /// not at every stats tick).
@@ -327,12 +324,10 @@ impl<'a> KafkaJoiner<'a> {
         let mut woke = false;
         let mut last_partition = None;
         for (i, read) in batch.iter().enumerate() {
-            if let Some(Read { class: Class::Event(ahead), .. }) = batch.get(i + 2 * PREFETCH_AHEAD) {
-                self.joiner.prefetch_key_index(ahead.key());
-            }
-            if let Some(Read { class: Class::Event(ahead), .. }) = batch.get(i + PREFETCH_AHEAD) {
-                self.joiner.prefetch_key(ahead.key());
-            }
+            self.joiner.look_ahead(i, |j| match batch.get(j) {
+                Some(Read { class: Class::Event(ahead), .. }) => Some(ahead.key()),
+                _ => None,
+            });
             let Read { record: r, class } = read;
             let id = (input, r.position.partition);
             if last_partition != Some(id.1) {

@@ -346,10 +346,11 @@ fn prefetch(p: *const u8) {
     let _ = p;
 }
 
-/// How many timers ahead of the one firing `fire_timers` prefetches the key's state
-/// (and twice as many, its index line): far enough for the loads to be over when the
-/// timer fires.
-const FIRE_PREFETCH_AHEAD: usize = 4;
+/// How many steps (timers in `fire_timers`, records in the Kafka loop) ahead of the
+/// current one [`Joiner::look_ahead`] prefetches a key's state; it prefetches the key's
+/// index line twice as far ahead. Far enough for the loads to be over when the step
+/// comes.
+const KEY_LOOK_AHEAD: usize = 4;
 
 /// How many samples ahead of the one being rendered `drain_ready` prefetches.
 const PREFETCH_AHEAD: usize = 2;
@@ -720,32 +721,26 @@ impl Joiner {
         let limit = if self.flushing { None } else { Some(self.watermark) };
         self.timers.pop_due(limit, &mut due);
         for i in 0..due.len() {
-            if let Some(ahead) = due.get(i + 2 * FIRE_PREFETCH_AHEAD) {
-                self.prefetch_key_index(ahead.key());
-            }
-            if let Some(ahead) = due.get(i + FIRE_PREFETCH_AHEAD) {
-                self.prefetch_key(ahead.key());
-            }
+            self.look_ahead(i, |j| due.get(j).map(Timer::key));
             self.fire(due[i]);
         }
         due.clear();
         self.due = due;
     }
 
-    /// The look-ahead for a key a few timers or records ahead (a timer about to fire,
-    /// or an event of the Kafka loop's batch): the keys' states are spread over tens
-    /// of megabytes, so firing a timer or joining an event is mostly waiting for
-    /// memory. Call [`Joiner::prefetch_key_index`] some steps before
-    /// [`Joiner::prefetch_key`]: the first starts loading the key's index line, the
-    /// second reads it and starts loading the state ([`KeyTable`]), so neither waits
-    /// and the loads overlap the work of the events in between.
-    pub(crate) fn prefetch_key_index(&self, key: Key) {
-        self.keys.prefetch_index(key);
-    }
-
-    /// See [`Joiner::prefetch_key_index`].
-    pub(crate) fn prefetch_key(&self, key: Key) {
-        self.keys.prefetch(key);
+    /// The look-ahead of step `i` of a run of timers or records, whose keys `key_at`
+    /// gives (`None`: past the end, or no key): the keys' states are spread over tens of
+    /// megabytes, so firing a timer or joining an event is mostly waiting for memory.
+    /// The key [`KEY_LOOK_AHEAD`] steps ahead has its index line loaded already (it was
+    /// asked for twice as far ahead), so its slot is found without waiting and its state
+    /// is prefetched ([`KeyTable`]); the loads overlap the work of the steps in between.
+    pub(crate) fn look_ahead(&self, i: usize, key_at: impl Fn(usize) -> Option<Key>) {
+        if let Some(far) = key_at(i + 2 * KEY_LOOK_AHEAD) {
+            self.keys.prefetch_index(far);
+        }
+        if let Some(near) = key_at(i + KEY_LOOK_AHEAD) {
+            self.keys.prefetch(near);
+        }
     }
 
     fn fire(&mut self, t: Timer) {

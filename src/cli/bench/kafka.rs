@@ -236,15 +236,12 @@ fn broker_round_trip_routed(cfg: &KafkaConfig, tag: &str, partitions: i32, lines
 /// turn (waiting only after a round that brought nothing): seconds from the first
 /// send to the last record read, and how many records had been read when the last
 /// send was acknowledged.
-fn round_trip(mut sink: impl RecordSink + Send, sources: &mut [KafkaSource], lines: &[Vec<u8>]) -> anyhow::Result<(f64, usize)> {
+fn round_trip(mut sink: impl RecordSink, sources: &mut [KafkaSource], lines: &[Vec<u8>]) -> anyhow::Result<(f64, usize)> {
     let produced = AtomicBool::new(false);
     let started = Instant::now();
     let read_when_produced = std::thread::scope(|s| -> anyhow::Result<usize> {
         let producer = s.spawn(|| -> anyhow::Result<()> {
-            for l in lines {
-                sink.send(None, l)?;
-            }
-            sink.flush()?;
+            send_all(&mut sink, lines)?;
             produced.store(true, Ordering::Release);
             Ok(())
         });
@@ -343,18 +340,21 @@ fn through_joiner(cfg: &KafkaConfig, tag: &str, topics: &StreamTopics, partition
     Ok(EndToEnd { seconds, produce_seconds, received_when_produced, joiner_cpu_seconds, joiner_threads, samples, late, checkpoints })
 }
 
-/// Sends every line and flushes, on a thread of its own, as the broker baselines'
-/// producers do, so that the producers of all three runs run alike.
-fn produce_on_a_thread(sink: &mut (impl RecordSink + Send), lines: &[Vec<u8>]) -> anyhow::Result<()> {
+/// [`send_all`] on a thread of its own, as the broker baselines' producers run, so
+/// that the producers of all three runs run alike.
+fn produce_on_a_thread(sink: &mut impl RecordSink, lines: &[Vec<u8>]) -> anyhow::Result<()> {
     std::thread::scope(|s| {
-        let producer = s.spawn(|| -> anyhow::Result<()> {
-            for l in lines {
-                sink.send(None, l)?;
-            }
-            Ok(sink.flush()?)
-        });
+        let producer = s.spawn(|| send_all(sink, lines));
         producer.join().map_err(|_| anyhow::anyhow!("producer thread panicked"))?
     })
+}
+
+/// Sends every line, then waits until the broker acknowledged them all.
+fn send_all(sink: &mut impl RecordSink, lines: &[Vec<u8>]) -> anyhow::Result<()> {
+    for l in lines {
+        sink.send(None, l)?;
+    }
+    Ok(sink.flush()?)
 }
 
 struct CatchUp {
