@@ -17,6 +17,7 @@
 //! errors come back as [`StreamError::Broker`], which callers retry with backoff.
 
 mod admin;
+mod batch;
 mod config;
 mod sink;
 mod source;

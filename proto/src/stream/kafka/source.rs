@@ -1,12 +1,12 @@
 //! Consuming one topic as a [`RecordSource`].
 
+use super::batch::{BatchQueue, Message as Batched};
 use super::stale_group::StaleGroupWatch;
 use super::{broker_error, KafkaConfig};
-use crate::stream::{Poll, Position, Record, RecordSource, Result, StreamError};
+use crate::stream::{Poll, Record, RecordSource, Result, StreamError};
 use bytes::{Bytes, BytesMut};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaError;
-use rdkafka::message::Message;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -41,6 +41,9 @@ pub struct KafkaSource {
     /// Group mode: the group's name and what its member has seen of it.
     group: Option<GroupWatch>,
     copier: Copier,
+    /// Assign mode: the queue the partitions forward to, read a batch per call
+    /// ([`super::batch`]).
+    batch: Option<BatchQueue<GroupContext>>,
 }
 
 /// Group mode: watching for an assignment that leaves partitions to nobody
@@ -173,7 +176,7 @@ impl KafkaSource {
             .map_err(|e| broker_error(&format!("subscribing to {topic}"), e))?;
         let session_ms = cfg.client(CONSUMER_DEFAULTS).get("session.timeout.ms").and_then(|v| v.parse().ok());
         let watch = StaleGroupWatch::new(Duration::from_millis(session_ms.unwrap_or(45_000)));
-        let mut source = Self::new(consumer, topic, true);
+        let mut source = Self::new(Arc::new(consumer), topic, None);
         source.group = Some(GroupWatch { name: group.to_string(), watch, last_check: None, resubscribe: false });
         Ok(source)
     }
@@ -189,11 +192,7 @@ impl KafkaSource {
             tpl.add_partition_offset(topic, p, offset)
                 .map_err(|e| broker_error("building the assignment", e))?;
         }
-        let consumer = Self::consumer(cfg, None, topic)?;
-        consumer
-            .assign(&tpl)
-            .map_err(|e| broker_error(&format!("assigning {topic}"), e))?;
-        let mut source = Self::new(consumer, topic, false);
+        let mut source = Self::assigned(cfg, topic, &tpl)?;
         source.returned = start.clone();
         Ok(source)
     }
@@ -209,13 +208,22 @@ impl KafkaSource {
             tpl.add_partition_offset(topic, p, offset)
                 .map_err(|e| broker_error("building the assignment", e))?;
         }
-        let consumer = Self::consumer(cfg, None, topic)?;
-        consumer
-            .assign(&tpl)
-            .map_err(|e| broker_error(&format!("assigning {topic}"), e))?;
-        let mut source = Self::new(consumer, topic, false);
+        let mut source = Self::assigned(cfg, topic, &tpl)?;
         source.returned = start.iter().filter(|(_, &o)| o >= 0).map(|(&p, &o)| (p, o)).collect();
         Ok(source)
+    }
+
+    /// A consumer of the partitions in `tpl`, from their offsets there, read in
+    /// batches ([`super::batch`]).
+    fn assigned(cfg: &KafkaConfig, topic: &str, tpl: &TopicPartitionList) -> Result<Self> {
+        let consumer = Arc::new(Self::consumer(cfg, None, topic)?);
+        let partitions = tpl.elements().iter().map(|e| e.partition()).collect::<Vec<_>>();
+        let batch = BatchQueue::new(&consumer, topic, partitions)
+            .ok_or_else(|| StreamError::Broker(format!("librdkafka has no partition queue of {topic}")))?;
+        consumer
+            .assign(tpl)
+            .map_err(|e| broker_error(&format!("assigning {topic}"), e))?;
+        Ok(Self::new(consumer, topic, Some(batch)))
     }
 
     fn consumer(cfg: &KafkaConfig, group: Option<&str>, topic: &str) -> Result<BaseConsumer<GroupContext>> {
@@ -228,8 +236,10 @@ impl KafkaSource {
             .map_err(|e| broker_error("creating a consumer", e))
     }
 
-    fn new(consumer: BaseConsumer<GroupContext>, topic: &str, grouped: bool) -> Self {
-        let consumer = Arc::new(consumer);
+    /// A source on `consumer`: assigned partitions read through `batch`, or a group
+    /// (`None`).
+    fn new(consumer: Arc<BaseConsumer<GroupContext>>, topic: &str, batch: Option<BatchQueue<GroupContext>>) -> Self {
+        let grouped = batch.is_none();
         KafkaSource {
             ends: PartitionEnds { consumer: Arc::clone(&consumer), topic: topic.to_string(), grouped },
             consumer,
@@ -240,6 +250,7 @@ impl KafkaSource {
             last_commit: None,
             group: None,
             copier: Copier::default(),
+            batch,
         }
     }
 
@@ -300,6 +311,22 @@ impl KafkaSource {
     /// A producer that is a topic's only writer reads its own progress from it.
     pub fn end_offsets(&self) -> Result<Offsets> {
         self.ends.end_offsets()
+    }
+
+    /// Assign mode's poll: a batch ([`BatchQueue::read`]); an error fails the poll
+    /// only when no record came.
+    fn poll_batch(&mut self, max: usize, timeout: Duration) -> Result<Poll> {
+        let Some(batch) = self.batch.as_mut() else { return Ok(Poll::Idle) };
+        let (copier, returned, mut out) = (&mut self.copier, &mut self.returned, Vec::new());
+        match batch.read(max, timeout, |m| out.push(copier.record(returned, m))) {
+            Some(e) if out.is_empty() => Err(broker_error(&format!("consuming {}", self.topic), e)),
+            Some(e) => {
+                tracing::warn!(topic = %self.topic, "kafka: {e}");
+                Ok(Poll::Records(out))
+            }
+            None if out.is_empty() => Ok(Poll::Idle),
+            None => Ok(Poll::Records(out)),
+        }
     }
 
     fn forget_revoked(&mut self) {
@@ -504,20 +531,23 @@ impl Copier {
     }
 
     /// A message as a record, noting its partition's next offset.
-    fn record(&mut self, returned: &mut Offsets, m: &rdkafka::message::BorrowedMessage<'_>) -> Record {
-        let position = Position { partition: m.partition(), offset: m.offset() };
+    fn record(&mut self, returned: &mut Offsets, m: Batched<'_>) -> Record {
+        let position = m.position;
         match returned.get_mut(&position.partition) {
             Some(next) => *next = position.offset + 1,
             None => {
                 returned.insert(position.partition, position.offset + 1);
             }
         }
-        Record { key: m.key().map(|k| self.copy(k)), value: self.copy(m.payload().unwrap_or_default()), position }
+        Record { key: m.key.map(|k| self.copy(k)), value: self.copy(m.payload), position }
     }
 }
 
 impl RecordSource for KafkaSource {
     fn poll(&mut self, max: usize, timeout: Duration) -> Result<Poll> {
+        if self.batch.is_some() {
+            return self.poll_batch(max, timeout);
+        }
         self.watch_group();
         let deadline = Instant::now() + timeout;
         let mut out = Vec::new();
@@ -527,7 +557,7 @@ impl RecordSource for KafkaSource {
             drop_revoked(self.consumer.context(), &mut self.returned, &mut out);
             match polled {
                 None => break,
-                Some(Ok(m)) => out.push(self.copier.record(&mut self.returned, &m)),
+                Some(Ok(m)) => out.push(self.copier.record(&mut self.returned, Batched::of(&m))),
                 Some(Err(KafkaError::PartitionEOF(_))) => {}
                 Some(Err(e)) if out.is_empty() => {
                     return Err(broker_error(&format!("consuming {}", self.topic), e));

@@ -70,6 +70,57 @@ fn assigned_source_reads_every_partition_and_resumes_from_kept_positions() {
 }
 
 #[test]
+fn an_assigned_source_hands_over_what_is_queued_in_order_and_at_most_max_at_a_time() {
+    let (_mock, cfg) = cluster("batched", 1);
+    produce(&cfg, "batched", 0..1000);
+    let mut source = KafkaSource::assign(&cfg, "batched", &Offsets::new()).expect("assign");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (mut got, mut largest) = (Vec::new(), 0);
+    while got.len() < 1000 && Instant::now() < deadline {
+        if let Poll::Records(rs) = source.poll(300, Duration::from_millis(200)).expect("poll") {
+            assert!(rs.len() <= 300, "asked for at most 300, got {}", rs.len());
+            largest = largest.max(rs.len());
+            got.extend(rs.iter().map(|r| r.position.offset));
+        }
+    }
+    assert_eq!(got, (0..1000).collect::<Vec<i64>>(), "every record once, in order");
+    assert!(largest > 1, "records already queued come in one poll, not one per poll");
+    assert_eq!(source.positions()[&0], 1000);
+    assert!(drained(&mut source));
+}
+
+#[test]
+fn an_assigned_source_reports_a_broker_outage_as_a_retryable_error_and_resumes() {
+    let (mock, cfg) = cluster("outage", 1);
+    produce(&cfg, "outage", 0..10);
+    let mut source = KafkaSource::assign(&cfg, "outage", &Offsets::new()).expect("assign");
+    assert_eq!(read(&mut source, 10), (0..10).collect::<Vec<_>>());
+    mock.broker_down(1).expect("broker down");
+    // librdkafka reports a client-wide error (every broker down) on the consumer's
+    // own queue, not on the partitions' queue a batch is read from.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let error = loop {
+        match source.poll(100, Duration::from_millis(100)) {
+            Err(e) => break e,
+            Ok(Poll::Records(rs)) => panic!("nothing new was produced, got {} records", rs.len()),
+            Ok(_) => assert!(Instant::now() < deadline, "no error in 30 s of a broker down"),
+        }
+    };
+    assert!(error.retryable(), "{error}");
+    mock.broker_up(1).expect("broker up");
+    produce(&cfg, "outage", 10..20);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut got = Vec::new();
+    while got.len() < 10 && Instant::now() < deadline {
+        // Errors queued during the outage may still come first.
+        if let Ok(Poll::Records(rs)) = source.poll(100, Duration::from_millis(200)) {
+            got.extend(rs.iter().map(|r| r.position.offset));
+        }
+    }
+    assert_eq!(got, (10..20).collect::<Vec<i64>>(), "read on from where it was");
+}
+
+#[test]
 fn group_source_resumes_from_its_committed_offsets() {
     let (_mock, cfg) = cluster("samples", 2);
     produce(&cfg, "samples", 0..200);
