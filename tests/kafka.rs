@@ -53,4 +53,6 @@ fn the_kafka_bench_runs_and_reports_its_figures() {
     for reader in ["broker_consumer", "broker_four_topics_consumers", "joiner"] {
         assert!(report["read_when_produced"][reader].is_u64(), "read_when_produced.{reader}");
     }
+    assert!(report["joiner_peak_rss_mb"].as_f64().is_some_and(|mb| mb > 0.0), "{}", report["joiner_peak_rss_mb"]);
+    assert!(report["joiner_minor_page_faults"].as_u64().is_some_and(|n| n > 0), "{}", report["joiner_minor_page_faults"]);
 }

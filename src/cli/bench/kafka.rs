@@ -10,7 +10,8 @@
 //! - end to end: the joiner started and idle first, then the same N lines produced to
 //!   the four input topics; events/s from the first send until the joiner's `/stats`
 //!   has received all N (each joined, dead-lettered or pending), and the joiner's CPU
-//!   time as a share of that wall time (from /proc);
+//!   time as a share of that wall time, its peak resident memory and its minor page
+//!   faults (from /proc);
 //! - target (issue 7): end to end at least 80% of the one-topic baseline (the joiner
 //!   is not the bottleneck); against the four-topic baseline, the share left to the
 //!   joiner alone;
@@ -105,6 +106,8 @@ pub fn run(args: BenchKafkaArgs) -> anyhow::Result<()> {
         "joiner_cpu_seconds": e2e.joiner_cpu_seconds,
         "joiner_cpu_share_of_wall": ((e2e.joiner_cpu_seconds / e2e.seconds) * 1000.0).round() / 1000.0,
         "joiner_cpu_seconds_by_thread": e2e.joiner_threads,
+        "joiner_peak_rss_mb": e2e.joiner_peak_rss_mb,
+        "joiner_minor_page_faults": e2e.joiner_minor_faults,
         "broker_machine_cpu": baseline_machine.map(MachineUse::to_json),
         "broker_four_topics_machine_cpu": routed_machine.map(MachineUse::to_json),
         "end_to_end_machine_cpu": e2e_machine.map(MachineUse::to_json),
@@ -275,6 +278,8 @@ struct EndToEnd {
     received_when_produced: u64,
     joiner_cpu_seconds: f64,
     joiner_threads: BTreeMap<String, f64>,
+    joiner_peak_rss_mb: Option<f64>,
+    joiner_minor_faults: Option<u64>,
     samples: u64,
     /// Late events per stream when every line had been received.
     late: serde_json::Value,
@@ -332,12 +337,24 @@ fn through_joiner(cfg: &KafkaConfig, tag: &str, topics: &StreamTopics, partition
     let seconds = started.elapsed().as_secs_f64();
     let joiner_cpu_seconds = joiner.cpu_seconds().unwrap_or(f64::NAN);
     let joiner_threads = joiner.thread_cpu_seconds();
+    let (joiner_peak_rss_mb, joiner_minor_faults) = joiner.memory().map_or((None, None), |(m, f)| (Some(m), Some(f)));
     let checkpoints = joiner.recovery()?;
     drop(joiner);
     let _ = std::fs::remove_dir_all(&dir);
     let samples = stats["samples"]["emitted"].as_u64().unwrap_or(0);
     let late = late_per_stream(&stats);
-    Ok(EndToEnd { seconds, produce_seconds, received_when_produced, joiner_cpu_seconds, joiner_threads, samples, late, checkpoints })
+    Ok(EndToEnd {
+        seconds,
+        produce_seconds,
+        received_when_produced,
+        joiner_cpu_seconds,
+        joiner_threads,
+        joiner_peak_rss_mb,
+        joiner_minor_faults,
+        samples,
+        late,
+        checkpoints,
+    })
 }
 
 /// [`send_all`] on a thread of its own, as the broker baselines' producers run, so
@@ -483,6 +500,17 @@ impl Joiner {
         let (status, body) = self.http.get(path)?;
         anyhow::ensure!(status == 200, "GET {path}: {status}");
         Ok(serde_json::from_slice(&body)?)
+    }
+
+    /// The child's peak resident memory in MB (VmHWM) and its minor page faults so
+    /// far: every page it touched first costs a fault, so a joiner that holds more
+    /// than its windows need pays for it in CPU as well as in memory.
+    fn memory(&self) -> Option<(f64, u64)> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
+        let kb: f64 = status.lines().find_map(|l| l.strip_prefix("VmHWM:"))?.trim().trim_end_matches("kB").trim().parse().ok()?;
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).ok()?;
+        let faults = stat.rsplit_once(')')?.1.split_whitespace().nth(7)?.parse().ok()?;
+        Some(((kb / 1024.0).round(), faults))
     }
 
     /// utime + stime of the child (/proc/PID/stat, clock ticks of 1/100 s).
