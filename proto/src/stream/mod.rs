@@ -50,6 +50,10 @@ pub enum StreamError {
     Closed { name: String },
     #[error("broker: {0}")]
     Broker(String),
+    /// A client librdkafka refused to create from its settings (an unknown property,
+    /// a value out of range): waiting cannot fix it, the config must change.
+    #[error("kafka client settings: {0}")]
+    Config(String),
 }
 
 impl StreamError {

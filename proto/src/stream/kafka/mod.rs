@@ -33,6 +33,11 @@ pub use source::{KafkaSource, Offsets, PartitionEnds};
 use super::StreamError;
 use rdkafka::error::KafkaError;
 
+/// A client error as the stream's error: retryable (a broker that may come back)
+/// unless librdkafka refused the client's settings.
 fn broker_error(what: &str, e: KafkaError) -> StreamError {
-    StreamError::Broker(format!("{what}: {e}"))
+    match e {
+        KafkaError::ClientConfig(..) | KafkaError::ClientCreation(_) => StreamError::Config(format!("{what}: {e}")),
+        e => StreamError::Broker(format!("{what}: {e}")),
+    }
 }

@@ -225,6 +225,17 @@ fn an_unreachable_broker_is_a_retryable_error_not_a_hang_or_a_loss() {
 }
 
 #[test]
+fn settings_librdkafka_refuses_are_an_error_that_retrying_cannot_fix() {
+    let (_mock, mut cfg) = cluster("t", 1);
+    cfg.properties.insert("fetch.max.bytes".into(), "1000".into());
+    let e = KafkaSource::assign(&cfg, "t", &Offsets::new()).err().expect("fetch.max.bytes below message.max.bytes");
+    assert!(!e.retryable() && e.to_string().contains("fetch.max.bytes"), "{e}");
+    cfg.properties = [("no.such.property".to_string(), "1".to_string())].into();
+    let e = KafkaSink::create(&cfg, "t").err().expect("an unknown property");
+    assert!(!e.retryable() && e.to_string().contains("no.such.property"), "{e}");
+}
+
+#[test]
 fn delivered_offsets_are_reported_and_single_partitions_read_from_them() {
     let (_mock, cfg) = cluster("updates", 3);
     let mut sink = KafkaSink::create(&cfg, "updates").expect("sink");
