@@ -136,7 +136,9 @@ impl<C: ConsumerContext + 'static> BatchQueue<C> {
                 match message(&*m) {
                     Ok(Some(m)) => each(m),
                     Ok(None) => {}
-                    Err(e) => drop(error.get_or_insert(e)),
+                    Err(e) => {
+                        error.get_or_insert(e);
+                    }
                 }
                 rdsys::rd_kafka_message_destroy(m);
             }
