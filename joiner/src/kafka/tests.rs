@@ -452,3 +452,11 @@ fn the_loop_parses_what_its_reader_handed_over_unparsed() {
     assert_eq!(j.joiner.buffered_keys(), 1, "and is waiting for its clicks");
     assert_eq!(s.malformed, 2, "the malformed and the oversized one");
 }
+
+#[test]
+fn input_consumers_fetch_4_mb_at_a_time_unless_the_config_says_otherwise() {
+    let mut k = KafkaConfig::new("127.0.0.1:9092");
+    assert_eq!(input_client(&k).properties["fetch.max.bytes"], INPUT_FETCH_MAX_BYTES);
+    k.properties.insert("fetch.max.bytes".into(), "1048576".into());
+    assert_eq!(input_client(&k).properties["fetch.max.bytes"], "1048576", "the config's own setting wins");
+}
