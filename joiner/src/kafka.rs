@@ -53,8 +53,9 @@ use watermarks::Watermarks;
 /// other and the join state held the first one's events until the others caught up.
 /// At 4 MB, `odl bench kafka` measured higher in 6 of 6 alternating pairs (median 0.89
 /// against 0.82 of the broker's rate) and the joiner's librdkafka threads took a
-/// quarter less CPU; at 1 MB the joiner held less memory still but waited on more
-/// fetches (tansu holds each one for `fetch.wait.max.ms`).
+/// quarter less CPU, with peak memory about the same; at 1 MB the peak fell by a
+/// third but the joiner waited on more fetches (tansu holds each one for
+/// `fetch.wait.max.ms`).
 const INPUT_FETCH_MAX_BYTES: &str = "4194304";
 
 /// The input consumers' settings: the service's, with [`INPUT_FETCH_MAX_BYTES`] as
