@@ -69,21 +69,36 @@ fn assigned_source_reads_every_partition_and_resumes_from_kept_positions() {
     assert!(drained(&mut resumed));
 }
 
-#[test]
-fn an_assigned_source_hands_over_what_is_queued_in_order_and_at_most_max_at_a_time() {
-    let (_mock, cfg) = cluster("batched", 1);
-    produce(&cfg, "batched", 0..1000);
-    let mut source = KafkaSource::assign(&cfg, "batched", &Offsets::new()).expect("assign");
+/// A one-partition topic with records `0..n` and an assigned source on it.
+fn assigned_on_filled(topic: &str, n: u32) -> (MockCluster<'static, rdkafka::producer::DefaultProducerContext>, KafkaConfig, KafkaSource) {
+    let (mock, cfg) = cluster(topic, 1);
+    produce(&cfg, topic, 0..n);
+    let source = KafkaSource::assign(&cfg, topic, &Offsets::new()).expect("assign");
+    (mock, cfg, source)
+}
+
+/// The offsets of each poll's records (`max` per poll) until `n` arrived or 30 s
+/// passed. Poll errors are skipped: after an outage, the errors queued during it may
+/// still come first.
+fn batches_of_offsets(source: &mut KafkaSource, n: usize, max: usize) -> Vec<Vec<i64>> {
     let deadline = Instant::now() + Duration::from_secs(30);
-    let (mut got, mut largest) = (Vec::new(), 0);
-    while got.len() < 1000 && Instant::now() < deadline {
-        if let Poll::Records(rs) = source.poll(300, Duration::from_millis(200)).expect("poll") {
-            assert!(rs.len() <= 300, "asked for at most 300, got {}", rs.len());
-            largest = largest.max(rs.len());
-            got.extend(rs.iter().map(|r| r.position.offset));
+    let (mut batches, mut read) = (Vec::new(), 0);
+    while read < n && Instant::now() < deadline {
+        if let Ok(Poll::Records(rs)) = source.poll(max, Duration::from_millis(200)) {
+            read += rs.len();
+            batches.push(rs.iter().map(|r| r.position.offset).collect());
         }
     }
-    assert_eq!(got, (0..1000).collect::<Vec<i64>>(), "every record once, in order");
+    batches
+}
+
+#[test]
+fn an_assigned_source_hands_over_what_is_queued_in_order_and_at_most_max_at_a_time() {
+    let (_mock, _cfg, mut source) = assigned_on_filled("batched", 1000);
+    let batches = batches_of_offsets(&mut source, 1000, 300);
+    let largest = batches.iter().map(Vec::len).max().unwrap_or(0);
+    assert!(largest <= 300, "asked for at most 300, got {largest}");
+    assert_eq!(batches.concat(), (0..1000).collect::<Vec<i64>>(), "every record once, in order");
     assert!(largest > 1, "records already queued come in one poll, not one per poll");
     assert_eq!(source.positions()[&0], 1000);
     assert!(drained(&mut source));
@@ -91,9 +106,7 @@ fn an_assigned_source_hands_over_what_is_queued_in_order_and_at_most_max_at_a_ti
 
 #[test]
 fn an_assigned_source_reports_a_broker_outage_as_a_retryable_error_and_resumes() {
-    let (mock, cfg) = cluster("outage", 1);
-    produce(&cfg, "outage", 0..10);
-    let mut source = KafkaSource::assign(&cfg, "outage", &Offsets::new()).expect("assign");
+    let (mock, cfg, mut source) = assigned_on_filled("outage", 10);
     assert_eq!(read(&mut source, 10), (0..10).collect::<Vec<_>>());
     mock.broker_down(1).expect("broker down");
     // librdkafka reports a client-wide error (every broker down) on the consumer's
@@ -109,14 +122,7 @@ fn an_assigned_source_reports_a_broker_outage_as_a_retryable_error_and_resumes()
     assert!(error.retryable(), "{error}");
     mock.broker_up(1).expect("broker up");
     produce(&cfg, "outage", 10..20);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut got = Vec::new();
-    while got.len() < 10 && Instant::now() < deadline {
-        // Errors queued during the outage may still come first.
-        if let Ok(Poll::Records(rs)) = source.poll(100, Duration::from_millis(200)) {
-            got.extend(rs.iter().map(|r| r.position.offset));
-        }
-    }
+    let got = batches_of_offsets(&mut source, 10, 100).concat();
     assert_eq!(got, (10..20).collect::<Vec<i64>>(), "read on from where it was");
 }
 
